@@ -1,0 +1,155 @@
+"""Plain values the use cases work with.  No protobuf, no I/O, no web3.
+
+Raw token amounts stay ``int`` (the on-chain integer); prices are ``Fraction``
+so that nothing is ever rounded before the one place that rounds (money.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+
+from service.errors import InvalidArgument
+
+__all__ = [
+    "CustomerBalances",
+    "FeedPrice",
+    "PegPrice",
+    "PriceSource",
+    "Snapshot",
+    "Token",
+    "TokenAmount",
+    "Wallet",
+    "WalletBalance",
+    "parse_customer_id",
+    "parse_wallet_id",
+]
+
+DEFAULT_TENANT = "default"
+
+_WALLET_ID = re.compile(r"wal_[A-Za-z0-9_]{1,64}")
+_CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9_]{1,64}")
+
+
+def parse_wallet_id(value: str) -> str:
+    """Return ``value`` if it is a well-formed wallet ID (``wal_`` + 1-64 of [A-Za-z0-9_])."""
+    if not _WALLET_ID.fullmatch(value):
+        raise InvalidArgument(
+            f"wallet_id {_shown(value)} is malformed: expected 'wal_' followed by 1-64 "
+            "letters, digits or underscores"
+        )
+    return value
+
+
+def parse_customer_id(value: str) -> str:
+    """Return ``value`` if it is a well-formed customer ID (``cus_`` + 1-64 of [A-Za-z0-9_])."""
+    if not _CUSTOMER_ID.fullmatch(value):
+        raise InvalidArgument(
+            f"customer_id {_shown(value)} is malformed: expected 'cus_' followed by 1-64 "
+            "letters, digits or underscores"
+        )
+    return value
+
+
+def _shown(value: str) -> str:
+    """A bounded, printable rendering of caller input for error messages."""
+    return repr(value[:80] + ("..." if len(value) > 80 else ""))
+
+
+@dataclass(frozen=True)
+class PegPrice:
+    """A fixed price in the base currency (stablecoins: 1)."""
+
+    value: Fraction
+
+
+@dataclass(frozen=True)
+class FeedPrice:
+    """A Chainlink-style aggregator read in the same snapshot as the balances."""
+
+    address: str
+    max_age_seconds: int
+
+
+PriceSource = PegPrice | FeedPrice
+
+
+@dataclass(frozen=True)
+class Token:
+    """A currency held on one network.  ``address`` is None for the native coin."""
+
+    symbol: str
+    decimals: int
+    address: str | None
+    price: PriceSource
+
+    @property
+    def is_native(self) -> bool:
+        return self.address is None
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """A registered wallet: one address on one network, owned by one customer of one tenant."""
+
+    wallet_id: str
+    tenant: str
+    customer_id: str
+    network: str
+    address: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedReading:
+    """One price-feed answer as read on chain (``answer`` scaled by 10**decimals)."""
+
+    answer: int
+    decimals: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Balances of some addresses on one network, all read at one block.
+
+    ``balances[address][symbol]`` is the raw on-chain integer.  ``feeds`` holds
+    the price-feed readings by token symbol, when they were asked for.
+    """
+
+    network: str
+    block_number: int
+    block_timestamp: int
+    balances: dict[str, dict[str, int]]
+    feeds: dict[str, FeedReading]
+
+
+@dataclass(frozen=True)
+class TokenAmount:
+    """An amount of one currency, exact: ``raw`` / 10**``decimals``."""
+
+    symbol: str
+    raw: int
+    decimals: int
+
+
+@dataclass(frozen=True)
+class WalletBalance:
+    """What one wallet holds at one block."""
+
+    wallet: Wallet
+    amounts: tuple[TokenAmount, ...]
+    block_number: int
+    block_timestamp: int
+
+
+@dataclass(frozen=True)
+class CustomerBalances:
+    """All wallets of a customer, each network read at one block, and their total value."""
+
+    customer_id: str
+    total: Fraction
+    total_currency: str
+    wallets: tuple[WalletBalance, ...]
