@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from service.errors import InvalidArgument
 

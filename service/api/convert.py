@@ -1,0 +1,52 @@
+"""The one place where domain values become protobuf messages."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from balances.v1 import balances_pb2 as pb
+from service.domain import CustomerBalances, TokenAmount, WalletBalance
+from service.money import format_amount, format_fraction
+
+__all__ = ["customer_balances_response", "wallet_balance_response"]
+
+
+def wallet_balance_response(balance: WalletBalance) -> pb.GetWalletBalanceResponse:
+    return pb.GetWalletBalanceResponse(
+        wallet_id=balance.wallet.wallet_id,
+        network=balance.wallet.network,
+        balances=[_token_balance(a) for a in balance.amounts],
+        last_updated=Timestamp(seconds=balance.block_timestamp),
+        block_number=balance.block_number,
+    )
+
+
+def customer_balances_response(
+    balances: CustomerBalances, currency_digits: int
+) -> pb.GetCustomerBalancesResponse:
+    return pb.GetCustomerBalancesResponse(
+        customer_id=balances.customer_id,
+        total_balance=pb.Money(
+            amount=format_fraction(balances.total, currency_digits),
+            currency=balances.total_currency,
+        ),
+        wallets=[
+            pb.CustomerWallet(
+                wallet_id=w.wallet.wallet_id,
+                network=w.wallet.network,
+                address=w.wallet.address,
+                balances=[_token_balance(a) for a in w.amounts],
+                last_updated=Timestamp(seconds=w.block_timestamp),
+                block_number=w.block_number,
+            )
+            for w in balances.wallets
+        ],
+    )
+
+
+def _token_balance(amount: TokenAmount) -> pb.TokenBalance:
+    return pb.TokenBalance(
+        currency=amount.symbol,
+        amount=format_amount(amount.raw, amount.decimals),
+        decimals=amount.decimals,
+    )

@@ -1,0 +1,170 @@
+"""The use cases: a wallet's balances and a customer's balances, cached and coalesced.
+
+Snapshots are cached by (network, addresses, prices or not).  A wallet query
+reads a snapshot of its one address; a customer query reads one snapshot per
+network holding all of the customer's addresses there, so every wallet of a
+customer on one network comes from the same block.  Concurrent misses for the
+same key share one upstream read; failures are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from service.cache import SnapshotCache
+from service.directory.base import WalletDirectory
+from service.domain import (
+    CustomerBalances,
+    Snapshot,
+    Token,
+    TokenAmount,
+    Wallet,
+    WalletBalance,
+    parse_customer_id,
+    parse_wallet_id,
+)
+from service.errors import ChainUnavailable
+from service.money import round_half_even, value_of
+from service.pricing import token_price
+
+__all__ = ["BalanceQueries", "SnapshotSource"]
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotSource(Protocol):
+    """Reads one network at one block (``service.chain.reader.ChainReader``)."""
+
+    async def snapshot(
+        self, addresses: Sequence[str], *, with_prices: bool, timeout: float
+    ) -> Snapshot: ...
+
+
+class BalanceQueries:
+    """Answers balance questions for one tenant at a time."""
+
+    def __init__(
+        self,
+        directory: WalletDirectory,
+        sources: Mapping[str, SnapshotSource],
+        tokens: Mapping[str, tuple[Token, ...]],
+        cache: SnapshotCache,
+        *,
+        base_currency: str,
+        base_currency_digits: int,
+        read_timeout: float,
+    ) -> None:
+        self._directory = directory
+        self._sources = sources
+        self._tokens = tokens
+        self._cache = cache
+        self._base_currency = base_currency
+        self._base_digits = base_currency_digits
+        self._read_timeout = read_timeout
+        self._inflight: dict[str, asyncio.Task[Snapshot]] = {}
+
+    async def wallet_balance(
+        self, tenant: str, wallet_id: str, timeout: float | None = None
+    ) -> WalletBalance:
+        wallet = await self._directory.get_wallet(tenant, parse_wallet_id(wallet_id))
+        snapshot = await self._snapshot(
+            wallet.network, [wallet.address], with_prices=False, timeout=timeout
+        )
+        return self._wallet_balance(wallet, snapshot)
+
+    async def customer_balances(
+        self, tenant: str, customer_id: str, timeout: float | None = None
+    ) -> CustomerBalances:
+        wallets = await self._directory.customer_wallets(tenant, parse_customer_id(customer_id))
+        networks = sorted({w.network for w in wallets})
+        snapshots = await asyncio.gather(
+            *(
+                self._snapshot(
+                    network,
+                    sorted({w.address for w in wallets if w.network == network}),
+                    with_prices=True,
+                    timeout=timeout,
+                )
+                for network in networks
+            )
+        )
+        by_network = dict(zip(networks, snapshots, strict=True))
+        values = []
+        for network, snapshot in by_network.items():
+            for token in self._tokens[network]:
+                price = token_price(token, snapshot)
+                held = sum(
+                    snapshot.balances[address][token.symbol]
+                    for address in {w.address for w in wallets if w.network == network}
+                )
+                values.append(value_of(held, token.decimals, price))
+        return CustomerBalances(
+            customer_id=customer_id,
+            total=round_half_even(values, self._base_digits),
+            total_currency=self._base_currency,
+            wallets=tuple(self._wallet_balance(w, by_network[w.network]) for w in wallets),
+        )
+
+    def _wallet_balance(self, wallet: Wallet, snapshot: Snapshot) -> WalletBalance:
+        held = snapshot.balances[wallet.address]
+        return WalletBalance(
+            wallet=wallet,
+            amounts=tuple(
+                TokenAmount(t.symbol, held[t.symbol], t.decimals) for t in self._tokens[wallet.network]
+            ),
+            block_number=snapshot.block_number,
+            block_timestamp=snapshot.block_timestamp,
+        )
+
+    async def _snapshot(
+        self, network: str, addresses: list[str], *, with_prices: bool, timeout: float | None
+    ) -> Snapshot:
+        source = self._sources.get(network)
+        if source is None:
+            raise ChainUnavailable(network, "this network is not configured on the server")
+        key = _cache_key(network, addresses, with_prices)
+        task = self._inflight.get(key)
+        if task is None:
+            cached = await self._cache.get(key)
+            if cached is not None:
+                return cached
+            task = self._inflight.get(key)  # another caller may have started it meanwhile
+        if task is None:
+            budget = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
+            task = asyncio.create_task(self._read_and_store(key, source, addresses, with_prices, budget))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # shield: one caller giving up (deadline, cancel) must not cancel the others' read.
+        return await asyncio.shield(task)
+
+    async def _read_and_store(
+        self,
+        key: str,
+        source: SnapshotSource,
+        addresses: list[str],
+        with_prices: bool,
+        timeout: float,
+    ) -> Snapshot:
+        # A read that finished between a caller's cache miss and this task's start
+        # is already cached: look once more before going upstream.
+        cached = await self._cache.get(key)
+        if cached is not None:
+            return cached
+        snapshot = await source.snapshot(addresses, with_prices=with_prices, timeout=timeout)
+        await self._cache.set(key, snapshot)
+        return snapshot
+
+    def _forget(self, key: str, task: asyncio.Task[Snapshot]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("snapshot %s failed: %s", key[:24], task.exception())
+
+
+def _cache_key(network: str, addresses: list[str], with_prices: bool) -> str:
+    digest = hashlib.sha256(",".join(addresses).encode()).hexdigest()
+    return f"snapshot:{network}:{'priced' if with_prices else 'plain'}:{digest}"

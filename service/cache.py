@@ -1,0 +1,40 @@
+"""The snapshot cache adapter: aiocache, in memory by default, with a TTL."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiocache import SimpleMemoryCache
+
+from service.domain import Snapshot
+
+__all__ = ["MemorySnapshotCache", "SnapshotCache"]
+
+
+class SnapshotCache(Protocol):
+    """Where recent snapshots are kept.  Only successful reads are ever stored."""
+
+    async def get(self, key: str) -> Snapshot | None: ...
+
+    async def set(self, key: str, snapshot: Snapshot) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemorySnapshotCache:
+    """aiocache's in-process memory backend; values are stored as objects, unserialized."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._cache = SimpleMemoryCache()
+
+    async def get(self, key: str) -> Snapshot | None:
+        value = await self._cache.get(key)
+        return value if isinstance(value, Snapshot) else None
+
+    async def set(self, key: str, snapshot: Snapshot) -> None:
+        await self._cache.set(key, snapshot, ttl=self._ttl)
+
+    async def aclose(self) -> None:
+        await self._cache.clear()
+        await self._cache.close()

@@ -1,0 +1,134 @@
+"""The ``balances`` command: serve, import wallets, run the demo.
+
+The only module that reads the environment and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.config import CONFIG_ENV_VAR, Settings, load_settings
+from service.domain import DEFAULT_TENANT
+from service.errors import BalancesError, ConfigError, ImportRejected
+from service.redact import RedactingFilter, Redactor
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = Path("balances.toml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"balances: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ImportRejected as exc:
+        print(f"balances: import rejected, nothing was written: {exc}", file=sys.stderr)
+        return 1
+    except BalancesError as exc:
+        print(f"balances: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="balances", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    _config_option(serve)
+    serve.set_defaults(run=_serve)
+
+    wallets = commands.add_parser("wallets", help="manage the wallet directory")
+    wallet_commands = wallets.add_subparsers(required=True, metavar="COMMAND")
+    importer = wallet_commands.add_parser(
+        "import", help="import wallets from a JSON or CSV file, all or nothing"
+    )
+    importer.add_argument("file", type=Path)
+    importer.add_argument("--tenant", default=DEFAULT_TENANT)
+    _config_option(importer)
+    importer.set_defaults(run=_import_wallets)
+
+    demo = commands.add_parser(
+        "demo", help="start two local chains, deploy, import demo wallets and serve"
+    )
+    demo.add_argument("--state", type=Path, default=Path("demo.json"),
+                      help="where to write what the demo started (default: demo.json)")
+    demo.add_argument("--workdir", type=Path, default=Path(".demo"),
+                      help="where the demo keeps its config and database (default: .demo)")
+    demo.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML settings file (default: ${CONFIG_ENV_VAR}, else {DEFAULT_CONFIG})",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)
+    settings = load_settings(path)
+    _setup_logging(settings)
+    return settings
+
+
+def _setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(Redactor(u for n in settings.networks for u in n.rpc_urls)))
+    logging.basicConfig(level=os.environ.get("BALANCES_LOG_LEVEL", "INFO"), handlers=[handler])
+    # web3 logs every request URL at DEBUG; the filter redacts it, but it is noise too.
+    logging.getLogger("web3").setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    settings = _settings(args)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _import_wallets(args: argparse.Namespace) -> int:
+    from service.directory.importfile import import_wallet_file
+    from service.directory.sqlite import SqliteWalletDirectory
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        directory = await SqliteWalletDirectory.open(settings.directory_path)
+        try:
+            wallets = await import_wallet_file(
+                directory, args.file, args.tenant, [n.name for n in settings.networks]
+            )
+        finally:
+            await directory.close()
+        print(f"imported {len(wallets)} wallets into {settings.directory_path}")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return asyncio.run(run_demo(state_path=args.state, workdir=args.workdir, port=args.port))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

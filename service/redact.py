@@ -1,0 +1,49 @@
+"""Keeps secrets (RPC URLs with provider keys) out of log lines and messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+__all__ = ["RedactingFilter", "Redactor", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """``https://user:key@host:8545/v2/KEY?apikey=K`` -> ``https://host:8545/***``."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/***"
+
+
+class Redactor:
+    """Replaces every known secret in a text with its redacted form."""
+
+    def __init__(self, urls: Iterable[str]) -> None:
+        # Longest first, so a URL that extends another is replaced whole.
+        self._secrets = sorted({u for u in urls if u}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, redact_url(secret))
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter: renders each record's message and traceback, then redacts them."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._redactor.redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redactor.redact(record.exc_text)
+        record.exc_info = None
+        return True
