@@ -1,0 +1,78 @@
+"""The wallet directory contract: what any store of registered wallets must offer."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.addresses import parse_address
+from service.domain import Wallet, parse_customer_id, parse_wallet_id
+from service.errors import InvalidArgument
+
+__all__ = ["WalletDirectory", "WalletRow", "new_wallet_id"]
+
+
+def new_wallet_id() -> str:
+    """A fresh random wallet ID: ``wal_`` + 24 lowercase hex digits (96 bits from ``secrets``)."""
+    return "wal_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class WalletRow:
+    """One wallet to register.  ``wallet_id`` None lets the directory assign one.
+
+    A row is valid by construction: a malformed customer or wallet ID, an empty
+    network or an address that is not in EIP-55 checksummed form raises
+    ``InvalidArgument``.  Whether the network is configured is the caller's check.
+    """
+
+    customer_id: str
+    network: str
+    address: str
+    wallet_id: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_customer_id(self.customer_id)
+        if self.wallet_id is not None:
+            parse_wallet_id(self.wallet_id)
+        if not self.network:
+            raise InvalidArgument("network is empty")
+        if parse_address(self.address) != self.address:
+            raise InvalidArgument(f"address {self.address!r} is not in EIP-55 checksummed form")
+
+
+class WalletDirectory(Protocol):
+    """Where wallets are registered, scoped by tenant.  Wallet IDs are globally unique."""
+
+    async def get_wallet(self, tenant: str, wallet_id: str) -> Wallet:
+        """The tenant's wallet by ID.
+
+        Raises ``InvalidArgument`` for a malformed ID and ``WalletNotFound`` when
+        there is no such wallet *for this tenant* (another tenant's wallet gives
+        the same error with the same message).
+        """
+        ...
+
+    async def customer_wallets(self, tenant: str, customer_id: str) -> list[Wallet]:
+        """The customer's wallets ordered by (network, created_at, wallet_id).
+
+        Raises ``InvalidArgument`` for a malformed ID and ``CustomerNotFound``
+        when the customer has no wallets in this tenant.
+        """
+        ...
+
+    async def import_wallets(self, tenant: str, rows: Sequence[WalletRow]) -> list[Wallet]:
+        """Register ``rows`` atomically; return one wallet per row, in row order.
+
+        Either every row is written or none.  Re-importing a registered wallet
+        is idempotent; a wallet ID taken by another wallet (in any tenant), or an
+        address already registered in this tenant to a different customer or
+        under a different ID, raises ``ImportRejected(reason, row=N)`` (1-based).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the store.  The directory must not be used afterwards."""
+        ...

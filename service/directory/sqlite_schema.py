@@ -1,0 +1,81 @@
+"""The SQLite directory's schema, as migrations versioned by ``PRAGMA user_version``.
+
+To change the schema, append a step to ``MIGRATIONS``; never edit a released
+one.  Step N (1-based) brings a database from version N-1 to N, in one
+transaction together with the version bump, so a failed step leaves nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+__all__ = ["MIGRATIONS", "SchemaTooNew", "migrate", "schema_version"]
+
+_log = logging.getLogger(__name__)
+
+Migration = Sequence[str]
+"""One step: SQL statements run in order (no ``executescript``: it would commit)."""
+
+MIGRATIONS: Sequence[Migration] = (
+    # 1: wallets.  created_at is UTC ISO-8601 text with microseconds and a Z,
+    # fixed width, so it sorts as it reads.
+    (
+        """
+        CREATE TABLE wallets (
+            wallet_id   TEXT PRIMARY KEY NOT NULL,
+            tenant      TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            network     TEXT NOT NULL,
+            address     TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            UNIQUE (tenant, network, address)
+        )
+        """,
+        "CREATE INDEX wallets_by_customer ON wallets (tenant, customer_id)",
+    ),
+)
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer version of the service."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"wallet directory schema version {found} is newer than this service knows ({known})"
+        )
+        self.found = found
+        self.known = known
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(connection: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the pending steps of ``migrations``; return the resulting version.
+
+    ``connection`` must be in autocommit mode (``isolation_level=None``).  Each
+    step re-reads the version under ``BEGIN IMMEDIATE``, so processes opening
+    the same file at once apply every step exactly once.
+    """
+    known = len(migrations)
+    found = schema_version(connection)
+    if found > known:
+        raise SchemaTooNew(found, known)
+    for version in range(found + 1, known + 1):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(connection) < version:
+                for statement in migrations[version - 1]:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {int(version)}")
+                _log.info("wallet directory schema migrated to version %d", version)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+    return known

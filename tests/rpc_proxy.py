@@ -1,0 +1,71 @@
+"""A JSON-RPC proxy in front of a real node that counts what passes through it.
+
+Counting upstream calls is how tests prove the cost model (one ``eth_call`` per
+network per cold snapshot, none when warm) without timing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+
+class CountingProxy:
+    """Forwards every POST to ``upstream`` and counts JSON-RPC methods (batch items too).
+
+    ``fail_with`` makes it answer every request with that HTTP status instead
+    (a misbehaving node); ``delay`` holds each request that many seconds first.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.counts: Counter[str] = Counter()
+        self.fail_with: int | None = None
+        self.delay = 0.0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> CountingProxy:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        # The path stands for a provider key: it must never appear in errors or logs.
+        self.url = f"http://127.0.0.1:{port}/v3/SECRET-PROVIDER-KEY"
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        payload: Any = json.loads(body)
+        for item in payload if isinstance(payload, list) else [payload]:
+            self.counts[item.get("method", "?")] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_with is not None:
+            return web.Response(status=self.fail_with, text="node unavailable")
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": "application/json"}
+        ) as upstream:
+            return web.Response(
+                status=upstream.status, body=await upstream.read(), content_type="application/json"
+            )
