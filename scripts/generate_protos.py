@@ -39,12 +39,17 @@ def generate() -> None:
     bin_dir = Path(sys.executable).parent
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{PROTOS}", f"-I{googleapis_root()}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTOS}",
+            f"-I{googleapis_root()}",
             f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
-            f"--python_out={GENERATED}", f"--grpc_python_out={GENERATED}",
-            f"--mypy_out={GENERATED}", f"--mypy_grpc_out={GENERATED}",
+            f"--python_out={GENERATED}",
+            f"--grpc_python_out={GENERATED}",
+            f"--mypy_out={GENERATED}",
+            f"--mypy_grpc_out={GENERATED}",
             *sources,
         ],
         check=True,

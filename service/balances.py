@@ -114,7 +114,8 @@ class BalanceQueries:
         return WalletBalance(
             wallet=wallet,
             amounts=tuple(
-                TokenAmount(t.symbol, held[t.symbol], t.decimals) for t in self._tokens[wallet.network]
+                TokenAmount(t.symbol, held[t.symbol], t.decimals)
+                for t in self._tokens[wallet.network]
             ),
             block_number=snapshot.block_number,
             block_timestamp=snapshot.block_timestamp,
@@ -135,7 +136,9 @@ class BalanceQueries:
             task = self._inflight.get(key)  # another caller may have started it meanwhile
         if task is None:
             budget = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
-            task = asyncio.create_task(self._read_and_store(key, source, addresses, with_prices, budget))
+            task = asyncio.create_task(
+                self._read_and_store(key, source, addresses, with_prices, budget)
+            )
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         # shield: one caller giving up (deadline, cancel) must not cancel the others' read.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from service.config import CONFIG_ENV_VAR, Settings, load_settings
 from service.domain import DEFAULT_TENANT
 from service.errors import BalancesError, ConfigError, ImportRejected
-from service.redact import RedactingFilter, Redactor
+from service.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -62,10 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="start two local chains, deploy, import demo wallets and serve"
     )
-    demo.add_argument("--state", type=Path, default=Path("demo.json"),
-                      help="where to write what the demo started (default: demo.json)")
-    demo.add_argument("--workdir", type=Path, default=Path(".demo"),
-                      help="where the demo keeps its config and database (default: .demo)")
+    demo.add_argument(
+        "--state",
+        type=Path,
+        default=Path("demo.json"),
+        help="where to write what the demo started (default: demo.json)",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".demo"),
+        help="where the demo keeps its config and database (default: .demo)",
+    )
     demo.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
     demo.set_defaults(run=_demo)
     return parser
@@ -83,17 +90,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     path = args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)
     settings = load_settings(path)
-    _setup_logging(settings)
+    setup_logging(u for n in settings.networks for u in n.rpc_urls)
     return settings
-
-
-def _setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(Redactor(u for n in settings.networks for u in n.rpc_urls)))
-    logging.basicConfig(level=os.environ.get("BALANCES_LOG_LEVEL", "INFO"), handlers=[handler])
-    # web3 logs every request URL at DEBUG; the filter redacts it, but it is noise too.
-    logging.getLogger("web3").setLevel(logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> int:

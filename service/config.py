@@ -107,9 +107,12 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
         base_currency=pricing.optional("base_currency", str, "USD"),
         base_currency_digits=pricing.optional("minor_unit_digits", int, 2),
         networks=tuple(
-            _network(_Table(item, f"networks[{i}]") if isinstance(item, dict) else
-                     _not_a_table(f"networks[{i}]"),
-                     default_batch=chain.optional("max_calls_per_batch", int, 500))
+            _network(
+                _Table(item, f"networks[{i}]")
+                if isinstance(item, dict)
+                else _not_a_table(f"networks[{i}]"),
+                default_batch=chain.optional("max_calls_per_batch", int, 500),
+            )
             for i, item in enumerate(networks_raw)
         ),
     )
@@ -156,8 +159,11 @@ def _network(table: _Table, default_batch: int) -> NetworkSettings:
         raise ConfigError(table.key("max_calls_per_batch"), "must be between 3 and 1000")
     tokens_raw = table.required("tokens", list, "a list of [[networks.tokens]] tables")
     tokens = tuple(
-        _token(_Table(item, f"{table.key('tokens')}[{i}]") if isinstance(item, dict) else
-               _not_a_table(f"{table.key('tokens')}[{i}]"))
+        _token(
+            _Table(item, f"{table.key('tokens')}[{i}]")
+            if isinstance(item, dict)
+            else _not_a_table(f"{table.key('tokens')}[{i}]")
+        )
         for i, item in enumerate(tokens_raw)
     )
     table.reject_unknown()

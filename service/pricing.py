@@ -25,7 +25,9 @@ def token_price(token: Token, snapshot: Snapshot) -> Fraction:
     if reading is None:
         raise PriceUnavailable(snapshot.network, token.symbol, "the price feed was not read")
     if reading.answer <= 0:
-        raise PriceUnavailable(snapshot.network, token.symbol, "the price feed answer is not positive")
+        raise PriceUnavailable(
+            snapshot.network, token.symbol, "the price feed answer is not positive"
+        )
     age = snapshot.block_timestamp - reading.updated_at
     if age > price.max_age_seconds:
         raise PriceUnavailable(

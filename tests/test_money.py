@@ -24,8 +24,16 @@ DECIMALS = st.integers(min_value=0, max_value=36)
         (10, 1, "1.00"),
         (123, 3, "0.123"),
         (1_000_000_000_000_000_000, 18, "1.00"),
-        (2**256 - 1, 18, "115792089237316195423570985008687907853269984665640564039457.584007913129639935"),
-        (2**256 - 1, 0, "115792089237316195423570985008687907853269984665640564039457584007913129639935.00"),
+        (
+            2**256 - 1,
+            18,
+            "115792089237316195423570985008687907853269984665640564039457.584007913129639935",
+        ),
+        (
+            2**256 - 1,
+            0,
+            "115792089237316195423570985008687907853269984665640564039457584007913129639935.00",
+        ),
     ],
 )
 def test_format_amount_examples(raw: int, decimals: int, expected: str) -> None:
@@ -62,7 +70,9 @@ def test_negative_decimals_rejected() -> None:
         format_amount(1, -1)
 
 
-@given(st.lists(st.tuples(UINT256, DECIMALS, st.fractions(min_value=0, max_value=10**6)), max_size=8))
+@given(
+    st.lists(st.tuples(UINT256, DECIMALS, st.fractions(min_value=0, max_value=10**6)), max_size=8)
+)
 def test_total_is_sum_rounded_once_half_even(items: list[tuple[int, int, Fraction]]) -> None:
     values = [value_of(raw, decimals, price) for raw, decimals, price in items]
     total = round_half_even(values, 2)

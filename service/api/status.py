@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import grpc
 
-from service.errors import BalancesError, ChainUnavailable, InvalidArgument, NotFound, PriceUnavailable
+from service.errors import (
+    BalancesError,
+    ChainUnavailable,
+    InvalidArgument,
+    NotFound,
+    PriceUnavailable,
+)
 
 __all__ = ["status_for"]
 

@@ -85,7 +85,10 @@ class RpcClient:
                 failures += 1
                 log.warning(
                     "network %s: %s failed: %s: %s",
-                    self.network, redact_url(self._urls[index]), type(exc).__name__, exc,
+                    self.network,
+                    redact_url(self._urls[index]),
+                    type(exc).__name__,
+                    exc,
                 )
                 continue
             self._preferred = index

@@ -1,0 +1,39 @@
+"""Shared fixtures: real anvil nodes with the dev Multicall3 in place."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from service.devchain.anvil import AnvilFactory, AnvilNode
+from service.devchain.deploy import place_multicall3
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def anvil() -> AsyncIterator[AnvilNode]:
+    """One anvil (chain id 31337) for the whole session, Multicall3 at the canonical address."""
+    async with AnvilNode(chain_id=31337) as node:
+        await place_multicall3(node.url)
+        yield node
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def start_anvil() -> AsyncIterator[AnvilFactory]:
+    """Factory for fresh, stoppable nodes: ``async with start_anvil(137) as node: ...``.
+
+    The node is started by ``async with`` (or ``await node.start()``); Multicall3
+    is not placed. Any node still running when the test ends is closed.
+    """
+    nodes: list[AnvilNode] = []
+
+    def factory(
+        chain_id: int, *, block_time: float | None = None, keep_state: bool = True
+    ) -> AnvilNode:
+        node = AnvilNode(chain_id, block_time=block_time, keep_state=keep_state)
+        nodes.append(node)
+        return node
+
+    yield factory
+    for node in nodes:
+        await node.close()

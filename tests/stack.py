@@ -1,0 +1,124 @@
+"""A running Balances server in front of real anvil chains, for integration tests.
+
+``Stack`` = counting JSON-RPC proxies in front of the session's chains, a
+config file written for them, a fresh wallet directory with the demo wallets,
+and a real grpc.aio server on a free port with a channel to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from balances.v1 import balances_pb2_grpc
+from grpc import aio
+
+from service.config import Settings, load_settings
+from service.devchain.world import DemoWorld, render_config, write_wallet_file
+from service.directory.importfile import import_wallet_file
+from service.directory.sqlite import SqliteWalletDirectory
+from service.domain import DEFAULT_TENANT
+from service.server import Components, build_components, create_server
+from tests.rpc_proxy import CountingProxy
+
+
+@dataclass
+class Stack:
+    world: DemoWorld
+    settings: Settings
+    components: Components
+    proxies: dict[str, CountingProxy]
+    target: str
+    channel: aio.Channel
+    stub: balances_pb2_grpc.BalancesServiceStub
+    config_path: Path
+
+    def eth_calls(self) -> dict[str, int]:
+        return {name: p.counts["eth_call"] for name, p in self.proxies.items()}
+
+    def reset_counts(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.reset()
+
+
+async def write_stack_config(
+    world: DemoWorld,
+    tmp_path: Path,
+    rpc_urls: dict[str, list[str]],
+    *,
+    extra_network_lines: dict[str, list[str]] | None = None,
+    extra_toml: str = "",
+) -> Path:
+    config_path = tmp_path / "balances.toml"
+    config_path.write_text(
+        render_config(
+            world,
+            listen="127.0.0.1:0",
+            directory_path="wallets.sqlite3",
+            rpc_urls=rpc_urls,
+            extra_network_lines=extra_network_lines,
+        )
+        + extra_toml
+    )
+    wallets_path = tmp_path / "wallets.json"
+    write_wallet_file(wallets_path, world.wallets)
+    settings = load_settings(config_path)
+    directory = await SqliteWalletDirectory.open(settings.directory_path)
+    try:
+        await import_wallet_file(
+            directory, wallets_path, DEFAULT_TENANT, [n.name for n in settings.networks]
+        )
+    finally:
+        await directory.close()
+    return config_path
+
+
+@asynccontextmanager
+async def running_stack(
+    world: DemoWorld,
+    tmp_path: Path,
+    *,
+    extra_network_lines: dict[str, list[str]] | None = None,
+    extra_toml: str = "",
+    urls_before_proxy: dict[str, list[str]] | None = None,
+) -> AsyncIterator[Stack]:
+    """A server reading ``world`` through counting proxies; everything closed on exit."""
+    async with AsyncExitStack() as stack:
+        proxies = {
+            name: await stack.enter_async_context(CountingProxy(network.rpc_url))
+            for name, network in world.networks.items()
+        }
+        rpc_urls = {
+            name: [*(urls_before_proxy or {}).get(name, []), proxy.url]
+            for name, proxy in proxies.items()
+        }
+        config_path = await write_stack_config(
+            world,
+            tmp_path,
+            rpc_urls,
+            extra_network_lines=extra_network_lines,
+            extra_toml=extra_toml,
+        )
+        settings = load_settings(config_path)
+        components = await build_components(settings)
+        stack.push_async_callback(components.aclose)
+        server, port, _health = create_server(components, settings.listen)
+        await server.start()
+        stack.push_async_callback(server.stop, None)
+        target = f"127.0.0.1:{port}"
+        channel = aio.insecure_channel(target)
+        stack.push_async_callback(channel.close)
+        for proxy in proxies.values():
+            proxy.reset()  # start-up checks (eth_chainId, eth_getCode) are not the test's
+        yield Stack(
+            world,
+            settings,
+            components,
+            proxies,
+            target,
+            channel,
+            balances_pb2_grpc.BalancesServiceStub(channel),
+            config_path,
+        )
