@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest_asyncio
 
 from service.devchain.anvil import AnvilFactory, AnvilNode
 from service.devchain.deploy import place_multicall3
+from service.devchain.world import (
+    ETHEREUM,
+    POLYGON,
+    DemoWorld,
+    demo_wallets,
+    deploy_network,
+    fund_wallets,
+)
+from tests.stack import Stack, running_stack
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -37,3 +48,25 @@ async def start_anvil() -> AsyncIterator[AnvilFactory]:
     yield factory
     for node in nodes:
         await node.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def world() -> AsyncIterator[DemoWorld]:
+    """The demo world on two real chains (polygon 31337, ethereum 31338), funded.
+
+    Tests must not change its balances: a test that moves funds builds its own.
+    """
+    async with AsyncExitStack() as stack:
+        world = DemoWorld()
+        for plan in (POLYGON, ETHEREUM):
+            node = await stack.enter_async_context(AnvilNode(chain_id=plan.chain_id))
+            world.networks[plan.name] = await deploy_network(plan, node.url)
+        await fund_wallets(world, demo_wallets())
+        yield world
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(world: DemoWorld, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A fresh server (cold cache, new directory) over the shared world."""
+    async with running_stack(world, tmp_path) as running:
+        yield running
