@@ -8,12 +8,12 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from balances.v1 import balances_pb2, balances_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from balances.v1 import balances_pb2, balances_pb2_grpc
 from service.api.balances_servicer import BalancesServicer
 from service.api.interceptors import ErrorInterceptor
 from service.balances import BalanceQueries

@@ -12,9 +12,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from balances.v1 import balances_pb2_grpc
 from grpc import aio
 
+from balances.v1 import balances_pb2_grpc
 from service.config import Settings, load_settings
 from service.devchain.world import DemoWorld, render_config, write_wallet_file
 from service.directory.importfile import import_wallet_file

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from balances.v1 import balances_pb2 as pb
-from balances.v1 import balances_pb2_grpc
 from grpc import aio
 
+from balances.v1 import balances_pb2 as pb
+from balances.v1 import balances_pb2_grpc
 from service.api.convert import customer_balances_response, wallet_balance_response
 from service.balances import BalanceQueries
 from service.domain import DEFAULT_TENANT

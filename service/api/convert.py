@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from balances.v1 import balances_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from balances.v1 import balances_pb2 as pb
 from service.domain import CustomerBalances, TokenAmount, WalletBalance
 from service.money import format_amount, format_fraction
 
