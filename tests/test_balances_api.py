@@ -111,14 +111,22 @@ async def test_customer_balances_match_documented_shape_and_exact_total(stack: S
     assert set(body) == {"customerId", "totalBalance", "wallets"}
     for wallet in body["wallets"]:
         assert set(wallet) == {
-            "walletId", "network", "address", "balances", "lastUpdated", "blockNumber"
+            "walletId",
+            "network",
+            "address",
+            "balances",
+            "lastUpdated",
+            "blockNumber",
         }
         assert wallet["balances"] == expected_balances(stack.world, wallet["walletId"])
     assert [w["walletId"] for w in body["wallets"]] == ["wal_alice_ethereum", "wal_alice_polygon"]
     # ethereum: 1250.25 USDC + 99.99 USDT + 0.5 ETH x $3000; polygon: 1250.50 USDC + 12.5 POL x $0.50
     expected = (
-        Fraction("1250.25") + Fraction("99.99") + Fraction("0.5") * 3000
-        + Fraction("1250.50") + Fraction("12.5") * Fraction("0.5")
+        Fraction("1250.25")
+        + Fraction("99.99")
+        + Fraction("0.5") * 3000
+        + Fraction("1250.50")
+        + Fraction("12.5") * Fraction("0.5")
     )
     assert body["totalBalance"] == {"amount": "4106.99", "currency": "USD"}
     assert Fraction(body["totalBalance"]["amount"]) == expected
@@ -170,7 +178,9 @@ async def test_unknown_ids_are_not_found(stack: Stack) -> None:
     assert wallet.value.code() == grpc.StatusCode.NOT_FOUND
     assert wallet.value.details() == "wallet wal_nobody not found"
     with pytest.raises(grpc.aio.AioRpcError) as customer:
-        await stack.stub.GetCustomerBalances(pb.GetCustomerBalancesRequest(customer_id="cus_nobody"))
+        await stack.stub.GetCustomerBalances(
+            pb.GetCustomerBalancesRequest(customer_id="cus_nobody")
+        )
     assert customer.value.code() == grpc.StatusCode.NOT_FOUND
     assert customer.value.details() == "customer cus_nobody not found"
     assert sum(sum(p.counts.values()) for p in stack.proxies.values()) == 0
