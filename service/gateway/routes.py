@@ -1,0 +1,99 @@
+"""REST routes read from the ``google.api.http`` options of service descriptors.
+
+No route is written by hand: any RPC annotated in a proto the process has
+loaded gets its route(s), ``additional_bindings`` included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from service.gateway.template import PathTemplate, TemplateError
+
+__all__ = ["Route", "RouteMatch", "RouteTable", "routes_of"]
+
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP binding of one RPC."""
+
+    http_method: str  # upper case: GET, POST, ...
+    template: PathTemplate
+    body: str  # "" (no body), "*" (the whole request), or a top-level field name
+    response_body: str  # "" (the whole response) or a top-level field name
+    method: MethodDescriptor
+
+    @property
+    def grpc_path(self) -> str:
+        return f"/{self.method.containing_service.full_name}/{self.method.name}"
+
+    @property
+    def request_class(self) -> type[Message]:
+        return message_factory.GetMessageClass(self.method.input_type)
+
+    @property
+    def response_class(self) -> type[Message]:
+        return message_factory.GetMessageClass(self.method.output_type)
+
+    @property
+    def server_streaming(self) -> bool:
+        return bool(self.method.server_streaming)
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    route: Route
+    variables: dict[str, str]  # field path -> decoded value
+
+
+def routes_of(services: Iterable[ServiceDescriptor]) -> list[Route]:
+    """Every binding of every annotated method; unannotated methods get no route."""
+    routes: list[Route] = []
+    for service in services:
+        for method in service.methods:
+            options: Any = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                continue
+            rule = options.Extensions[annotations_pb2.http]
+            for binding in [rule, *rule.additional_bindings]:
+                routes.append(_route(binding, method))
+    return routes
+
+
+def _route(rule: http_pb2.HttpRule, method: MethodDescriptor) -> Route:
+    pattern = rule.WhichOneof("pattern")
+    if pattern is None:
+        raise TemplateError(f"{method.full_name}: http rule without a method")
+    if pattern == "custom":
+        verb, path = rule.custom.kind.upper(), rule.custom.path
+    else:
+        verb, path = pattern.upper(), getattr(rule, pattern)
+    return Route(verb, PathTemplate.parse(path), rule.body, rule.response_body, method)
+
+
+class RouteTable:
+    """Finds the route for a method and path; tells 404 (no path) from 405 (wrong method)."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = tuple(routes)
+
+    def find(self, http_method: str, path: str) -> RouteMatch | list[str]:
+        """The match, or the methods allowed on this path (empty: no such path)."""
+        allowed: list[str] = []
+        for route in self.routes:
+            variables = route.template.match(path)
+            if variables is None:
+                continue
+            if route.http_method == http_method:
+                return RouteMatch(route, variables)
+            allowed.append(route.http_method)
+        return sorted(set(allowed))
