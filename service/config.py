@@ -9,6 +9,7 @@ Only the entry point decides which file to read (``--config`` or the
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -215,7 +216,10 @@ def _price(table: _Table) -> PriceSource:
             raise ConfigError(
                 table.key("peg"), 'must be a decimal string like "1" or "0.998" (never a float)'
             )
-        return PegPrice(Fraction(peg))
+        price = Fraction(peg)
+        if price <= 0:
+            raise ConfigError(table.key("peg"), "must be a positive price")
+        return PegPrice(price)
     if max_age <= 0:
         raise ConfigError(table.key("max_age_seconds"), "must be a positive integer")
     assert feed is not None
@@ -284,7 +288,12 @@ class _Table:
     def positive_number(self, name: str, default: float) -> float:
         self.seen.add(name)
         value = self.raw.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)  # TOML has inf and nan; neither is a duration
+            or value <= 0
+        ):
             raise ConfigError(self.key(name), "must be a positive number of seconds")
         return float(value)
 

@@ -60,7 +60,7 @@ async def build_components(settings: Settings) -> Components:
     }
     directory: WalletDirectory | None = None
     try:
-        await asyncio.gather(*(reader.prepare() for reader in readers.values()))
+        await _prepare_all(list(readers.values()))
         for name, reader in readers.items():
             if not reader.uses_multicall:
                 log.warning("network %s: no Multicall3 code; using JSON-RPC batches", name)
@@ -80,6 +80,21 @@ async def build_components(settings: Settings) -> Components:
         read_timeout=settings.rpc_timeout_seconds,
     )
     return Components(settings, directory, rpc_clients, readers, cache, queries)
+
+
+async def _prepare_all(readers: list[ChainReader]) -> None:
+    """Check every network concurrently; the first failure cancels the other checks.
+
+    With a bare ``gather`` the other checks would keep running while their
+    clients are closed, and log misleading failures for healthy networks.
+    """
+    tasks = [asyncio.ensure_future(reader.prepare()) for reader in readers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_server(
