@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(importer)
     importer.set_defaults(run=_import_wallets)
 
+    gateway = commands.add_parser(
+        "gateway", help="run only the REST shim, proxying to a gRPC server (a sidecar)"
+    )
+    gateway.add_argument("--grpc-target", required=True, metavar="HOST:PORT")
+    gateway.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    gateway.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    gateway.add_argument("--default-timeout", type=float, default=30.0, metavar="SECONDS")
+    gateway.set_defaults(run=_gateway)
+
     demo = commands.add_parser(
         "demo", help="start two local chains, deploy, import demo wallets and serve"
     )
@@ -74,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the demo keeps its config and database (default: .demo)",
     )
     demo.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
+    demo.add_argument("--rest-port", type=int, default=8080, help="REST port (0: any free port)")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -122,10 +133,39 @@ def _import_wallets(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from service.gateway.app import GatewayLimits
+    from service.gateway.serve import start_gateway
+    from service.server import API_SERVICES
+
+    setup_logging()
+    limits = GatewayLimits(
+        max_body_bytes=args.max_body_bytes, default_timeout_seconds=args.default_timeout
+    )
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        gateway = await start_gateway(args.grpc_target, args.listen, API_SERVICES, limits)
+        try:
+            await stop.wait()
+        finally:
+            await gateway.aclose()
+        return 0
+
+    return asyncio.run(run())
+
+
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
-    return asyncio.run(run_demo(state_path=args.state, workdir=args.workdir, port=args.port))
+    return asyncio.run(
+        run_demo(
+            state_path=args.state, workdir=args.workdir, port=args.port, rest_port=args.rest_port
+        )
+    )
 
 
 if __name__ == "__main__":

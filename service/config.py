@@ -27,6 +27,7 @@ __all__ = [
     "CANONICAL_MULTICALL3",
     "CONFIG_ENV_VAR",
     "NetworkSettings",
+    "RestSettings",
     "Settings",
     "load_settings",
     "parse_settings",
@@ -57,10 +58,21 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class RestSettings:
+    """The REST shim served beside gRPC (the ``[rest]`` table; absent: gRPC only)."""
+
+    listen: str
+    max_body_bytes: int
+    body_read_timeout_seconds: float
+    default_timeout_seconds: float
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs to start."""
 
     listen: str
+    rest: RestSettings | None
     grace_period_seconds: float
     cache_ttl_seconds: float
     directory_path: Path
@@ -94,6 +106,7 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     directory = doc.table("directory")
     chain = doc.table("chain")
     pricing = doc.table("pricing")
+    rest = _rest(doc.table("rest")) if "rest" in raw else None
     networks_raw = doc.required("networks", list, "a list of [[networks]] tables")
     doc.reject_unknown()
 
@@ -101,6 +114,7 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     _check_listen(listen, server.key("listen"))
     settings = Settings(
         listen=listen,
+        rest=rest,
         grace_period_seconds=server.positive_number("grace_period_seconds", 10),
         cache_ttl_seconds=cache.positive_number("ttl_seconds", 30),
         directory_path=base_dir / directory.optional("path", str, "balances.sqlite3"),
@@ -129,6 +143,22 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"networks[{i}].name", f"duplicate network name {name!r}")
+    return settings
+
+
+def _rest(table: _Table) -> RestSettings:
+    listen = table.optional("listen", str, "127.0.0.1:8080")
+    _check_listen(listen, table.key("listen"))
+    max_body = table.optional("max_body_bytes", int, 1 << 20)
+    if not 1 <= max_body <= 64 << 20:
+        raise ConfigError(table.key("max_body_bytes"), "must be between 1 and 67108864")
+    settings = RestSettings(
+        listen=listen,
+        max_body_bytes=max_body,
+        body_read_timeout_seconds=table.positive_number("body_read_timeout_seconds", 10),
+        default_timeout_seconds=table.positive_number("default_timeout_seconds", 30),
+    )
+    table.reject_unknown()
     return settings
 
 

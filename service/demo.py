@@ -30,14 +30,14 @@ from service.directory.importfile import import_wallet_file
 from service.directory.sqlite import SqliteWalletDirectory
 from service.domain import DEFAULT_TENANT
 from service.logs import setup_logging
-from service.server import serve
+from service.server import ServingPorts, serve
 
 __all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
 
 
-async def run_demo(*, state_path: Path, workdir: Path, port: int) -> int:
+async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int) -> int:
     setup_logging()
     _fresh_workdir(workdir)
     async with AsyncExitStack() as stack:
@@ -50,7 +50,12 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int) -> int:
 
         config_path = workdir / "balances.toml"
         config_path.write_text(
-            render_config(world, listen=f"127.0.0.1:{port}", directory_path="balances.sqlite3")
+            render_config(
+                world,
+                listen=f"127.0.0.1:{port}",
+                rest_listen=f"127.0.0.1:{rest_port}",
+                directory_path="balances.sqlite3",
+            )
         )
         wallets_path = workdir / "wallets.json"
         write_wallet_file(wallets_path, world.wallets)
@@ -63,10 +68,12 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int) -> int:
         finally:
             await directory.close()
 
-        def ready(bound_port: int) -> None:
-            target = f"127.0.0.1:{bound_port}"
-            state_path.write_text(json.dumps(_state(world, target, config_path), indent=2))
-            print(_instructions(world, target, state_path), flush=True)
+        def ready(ports: ServingPorts) -> None:
+            target = f"127.0.0.1:{ports.grpc}"
+            rest = f"http://127.0.0.1:{ports.rest}"
+            state = _state(world, target, rest, config_path)
+            state_path.write_text(json.dumps(state, indent=2))
+            print(_instructions(world, target, rest, state_path), flush=True)
 
         await serve(settings, on_ready=ready)
     print("demo stopped: server and chains are down", flush=True)
@@ -80,9 +87,10 @@ def _fresh_workdir(workdir: Path) -> None:
         stale.unlink()
 
 
-def _state(world: DemoWorld, target: str, config_path: Path) -> dict[str, Any]:
+def _state(world: DemoWorld, target: str, rest: str, config_path: Path) -> dict[str, Any]:
     return {
         "grpc": target,
+        "rest": rest,
         "config": str(config_path.resolve()),
         "networks": {
             n.name: {
@@ -106,7 +114,7 @@ def _state(world: DemoWorld, target: str, config_path: Path) -> dict[str, Any]:
     }
 
 
-def _instructions(world: DemoWorld, target: str, state_path: Path) -> str:
+def _instructions(world: DemoWorld, target: str, rest: str, state_path: Path) -> str:
     wallet = world.wallets[0]
     return "\n".join(
         [
@@ -121,6 +129,12 @@ def _instructions(world: DemoWorld, target: str, state_path: Path) -> str:
             f"{target} balances.v1.BalancesService/GetCustomerBalances",
             f"  .venv/bin/grpcurl -plaintext {target} grpc.health.v1.Health/Check",
             "",
+            f"REST (grpc-gateway style) on {rest}:",
+            "",
+            f"  curl -s {rest}/v1/wallets/{wallet.wallet_id}/balance",
+            f"  curl -s {rest}/v1/customers/{wallet.customer_id}/balances",
+            f"  curl -s {rest}/openapi.json",
+            "",
             "Ctrl-C stops the server and both chains.",
             "",
         ]
@@ -128,4 +142,6 @@ def _instructions(world: DemoWorld, target: str, state_path: Path) -> str:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_demo(state_path=Path("demo.json"), workdir=Path(".demo"), port=50051))
+    asyncio.run(
+        run_demo(state_path=Path("demo.json"), workdir=Path(".demo"), port=50051, rest_port=8080)
+    )

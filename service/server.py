@@ -23,12 +23,29 @@ from service.chain.rpc import RpcClient
 from service.config import Settings
 from service.directory.base import WalletDirectory
 from service.directory.sqlite import SqliteWalletDirectory
+from service.gateway.app import GatewayLimits
+from service.gateway.serve import RunningGateway, start_gateway
 
-__all__ = ["Components", "build_components", "create_server", "serve"]
+__all__ = [
+    "API_SERVICES",
+    "Components",
+    "ServingPorts",
+    "build_components",
+    "create_server",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
-BALANCES_SERVICE = balances_pb2.DESCRIPTOR.services_by_name["BalancesService"].full_name
+# The API services this server implements; reflection and the REST shim use the same list.
+API_SERVICES = (balances_pb2.DESCRIPTOR.services_by_name["BalancesService"],)
+BALANCES_SERVICE = API_SERVICES[0].full_name
+
+
+@dataclass(frozen=True)
+class ServingPorts:
+    grpc: int
+    rest: int | None
 
 
 @dataclass
@@ -109,7 +126,7 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (
-            BALANCES_SERVICE,
+            *(service.full_name for service in API_SERVICES),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -124,7 +141,7 @@ def create_server(
 async def serve(
     settings: Settings,
     *,
-    on_ready: Callable[[int], None] | None = None,
+    on_ready: Callable[[ServingPorts], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``): then NOT_SERVING, drain, close."""
@@ -133,19 +150,38 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     components = await build_components(settings)
+    gateway: RunningGateway | None = None
     try:
         server, port, health = create_server(components, settings.listen)
         await server.start()
-        for service in ("", BALANCES_SERVICE):
+        for service in ("", *(s.full_name for s in API_SERVICES)):
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving gRPC on port %d", port)
+        if settings.rest is not None:
+            gateway = await start_gateway(
+                f"127.0.0.1:{port}",
+                settings.rest.listen,
+                API_SERVICES,
+                GatewayLimits(
+                    max_body_bytes=settings.rest.max_body_bytes,
+                    body_read_timeout_seconds=settings.rest.body_read_timeout_seconds,
+                    default_timeout_seconds=settings.rest.default_timeout_seconds,
+                ),
+                shutdown_timeout=settings.grace_period_seconds,
+            )
         if on_ready is not None:
-            on_ready(port)
+            on_ready(ServingPorts(port, gateway.port if gateway else None))
         await stop.wait()
         log.info("stopping: NOT_SERVING, draining for up to %gs", settings.grace_period_seconds)
         await health.enter_graceful_shutdown()
+        if gateway is not None:
+            # REST first: its in-flight requests still need the gRPC server.
+            await gateway.aclose()
+            gateway = None
         await server.stop(settings.grace_period_seconds)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if gateway is not None:
+            await gateway.aclose()
         await components.aclose()

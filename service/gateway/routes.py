@@ -85,11 +85,14 @@ class RouteTable:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = tuple(routes)
+        # Routes with a ":verb" are tried first: "/x/{id}" would otherwise take
+        # "/x/abc:watch" as an id of "abc:watch".
+        self._match_order = sorted(self.routes, key=lambda r: r.template.verb is None)
 
     def find(self, http_method: str, path: str) -> RouteMatch | list[str]:
         """The match, or the methods allowed on this path (empty: no such path)."""
         allowed: list[str] = []
-        for route in self.routes:
+        for route in self._match_order:
             variables = route.template.match(path)
             if variables is None:
                 continue

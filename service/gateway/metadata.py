@@ -1,0 +1,84 @@
+"""HTTP headers <-> gRPC metadata, and the Grpc-Timeout header.
+
+Forwarded: ``X-API-Key`` (grpc-gateway's default matcher would drop it; the
+public API authenticates with it), ``Authorization``, ``Grpc-Metadata-<name>``
+as ``<name>``, ``X-Request-Id`` (made up when absent, so every REST call has
+one), and ``X-Forwarded-For`` with the peer address appended.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from service.gateway.errors import GatewayError
+
+__all__ = ["grpc_timeout", "request_metadata", "response_headers"]
+
+_METADATA_PREFIX = "grpc-metadata-"
+_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_KEY = re.compile(r"[0-9a-z_.-]+")
+_RESERVED = ("grpc-", ":")
+
+
+def request_metadata(
+    headers: Mapping[str, str] | Any, peer: str | None
+) -> tuple[list[tuple[str, str]], str]:
+    """Metadata to send upstream, and the request ID (given or generated)."""
+    metadata: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in ("x-api-key", "authorization"):
+            metadata.append((lower, _ascii(value, name)))
+        elif lower.startswith(_METADATA_PREFIX):
+            key = lower[len(_METADATA_PREFIX) :]
+            if not _KEY.fullmatch(key) or key.startswith(_RESERVED) or key.endswith("-bin"):
+                raise GatewayError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"header {name} is not forwardable metadata"
+                )
+            metadata.append((key, _ascii(value, name)))
+    request_id = headers.get("X-Request-Id") or uuid.uuid4().hex
+    metadata.append(("x-request-id", _ascii(request_id, "X-Request-Id")))
+    forwarded = [v.strip() for v in headers.get("X-Forwarded-For", "").split(",") if v.strip()]
+    if peer:
+        forwarded.append(peer)
+    if forwarded:
+        metadata.append(("x-forwarded-for", _ascii(", ".join(forwarded), "X-Forwarded-For")))
+    return metadata, request_id
+
+
+def grpc_timeout(value: str | None, default: float) -> float:
+    """Seconds from a ``Grpc-Timeout`` header (``100m``, ``5S``, ``1M``...), else ``default``."""
+    if value is None:
+        return default
+    match = _TIMEOUT.fullmatch(value.strip())
+    if match is None:
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Grpc-Timeout {value[:32]!r} is invalid: expected 1-8 digits and a unit "
+            "(H, M, S, m, u, n)",
+        )
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def response_headers(*metadata: Iterable[Any]) -> dict[str, str]:
+    """gRPC response headers and trailers as ``Grpc-Metadata-<name>`` (binary ones skipped)."""
+    headers: dict[str, str] = {}
+    for entries in metadata:
+        for key, value in entries:
+            if isinstance(value, str) and not key.startswith(_RESERVED):
+                headers[f"Grpc-Metadata-{key}"] = value
+    return headers
+
+
+def _ascii(value: str, header: str) -> str:
+    if not value.isascii() or not value.isprintable():
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"header {header} must be printable ASCII"
+        )
+    return value

@@ -1,0 +1,56 @@
+"""Running the REST shim: on its own (a sidecar) or beside the gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc import aio
+
+from service.gateway.app import GatewayLimits, build_gateway_app
+from service.gateway.routes import routes_of
+
+__all__ = ["RunningGateway", "start_gateway"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningGateway:
+    runner: web.AppRunner
+    channel: aio.Channel
+    port: int
+
+    async def aclose(self) -> None:
+        """Stop accepting, let in-flight requests finish, then close the channel."""
+        await self.runner.cleanup()
+        await self.channel.close(None)
+
+
+async def start_gateway(
+    grpc_target: str,
+    listen: str,
+    services: Iterable[ServiceDescriptor],
+    limits: GatewayLimits,
+    *,
+    shutdown_timeout: float = 10.0,
+) -> RunningGateway:
+    """Serve REST on ``listen``, proxying to the gRPC server at ``grpc_target``."""
+    channel = aio.insecure_channel(grpc_target)
+    app = build_gateway_app(channel, routes_of(services), limits, title="Balances API")
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    try:
+        await runner.setup()
+        host, _, port = listen.rpartition(":")
+        site = web.TCPSite(runner, host.strip("[]"), int(port))
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        await channel.close(None)
+        raise
+    bound = runner.addresses[0][1]
+    log.info("serving REST on port %d (proxying to gRPC at %s)", bound, grpc_target)
+    return RunningGateway(runner, channel, bound)
