@@ -7,6 +7,7 @@ network per cold snapshot, none when warm) without timing anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from typing import Any
@@ -19,14 +20,19 @@ class CountingProxy:
     """Forwards every POST to ``upstream`` and counts JSON-RPC methods (batch items too).
 
     ``fail_with`` makes it answer every request with that HTTP status instead
-    (a misbehaving node); ``delay`` holds each request that many seconds first.
+    (a misbehaving node); ``delay`` holds each request that many seconds first
+    (requests still held when the proxy closes are answered 503 at once).
+    ``payloads`` keeps every request body as decoded JSON (a dict, or a list for a
+    batch), so tests can check which block each call was pinned to.
     """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.counts: Counter[str] = Counter()
+        self.payloads: list[Any] = []
         self.fail_with: int | None = None
         self.delay = 0.0
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -45,6 +51,7 @@ class CountingProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -52,20 +59,35 @@ class CountingProxy:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.payloads.clear()
+
+    def calls(self, method: str) -> list[list[Any]]:
+        """The params of every request item for ``method``, in arrival order."""
+        items = [i for p in self.payloads for i in (p if isinstance(p, list) else [p])]
+        return [i.get("params", []) for i in items if i.get("method") == method]
 
     async def _forward(self, request: web.Request) -> web.Response:
         body = await request.read()
         payload: Any = json.loads(body)
+        self.payloads.append(payload)
         for item in payload if isinstance(payload, list) else [payload]:
             self.counts[item.get("method", "?")] += 1
         if self.delay:
-            await asyncio.sleep(self.delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.delay)
+            if self._closing.is_set():
+                return web.Response(status=503, text="proxy closing")
         if self.fail_with is not None:
             return web.Response(status=self.fail_with, text="node unavailable")
         assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as upstream:
-            return web.Response(
-                status=upstream.status, body=await upstream.read(), content_type="application/json"
-            )
+        try:
+            async with self._session.post(
+                self.upstream, data=body, headers={"Content-Type": "application/json"}
+            ) as upstream:
+                return web.Response(
+                    status=upstream.status,
+                    body=await upstream.read(),
+                    content_type="application/json",
+                )
+        except aiohttp.ClientError:  # the node is down: answer as a gateway would
+            return web.Response(status=502, text="upstream unavailable")

@@ -7,6 +7,7 @@ and a real grpc.aio server on a free port with a channel to it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ async def write_stack_config(
     *,
     extra_network_lines: dict[str, list[str]] | None = None,
     extra_toml: str = "",
+    cache_ttl_seconds: float = 30,
 ) -> Path:
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     config_path = tmp_path / "balances.toml"
     config_path.write_text(
         render_config(
@@ -58,6 +61,7 @@ async def write_stack_config(
             listen="127.0.0.1:0",
             directory_path="wallets.sqlite3",
             rpc_urls=rpc_urls,
+            cache_ttl_seconds=cache_ttl_seconds,
             extra_network_lines=extra_network_lines,
         )
         + extra_toml
@@ -83,6 +87,7 @@ async def running_stack(
     extra_network_lines: dict[str, list[str]] | None = None,
     extra_toml: str = "",
     urls_before_proxy: dict[str, list[str]] | None = None,
+    cache_ttl_seconds: float = 30,
 ) -> AsyncIterator[Stack]:
     """A server reading ``world`` through counting proxies; everything closed on exit."""
     async with AsyncExitStack() as stack:
@@ -100,6 +105,7 @@ async def running_stack(
             rpc_urls,
             extra_network_lines=extra_network_lines,
             extra_toml=extra_toml,
+            cache_ttl_seconds=cache_ttl_seconds,
         )
         settings = load_settings(config_path)
         components = await build_components(settings)

@@ -59,7 +59,9 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 return await behaviour(request, context)  # type: ignore[arg-type]
             except BalancesError as exc:
                 log.info("%s [%s] %s: %s", method, request_id, type(exc).__name__, exc)
-                await context.abort(status_for(exc), str(exc), (("x-request-id", request_id),))
+                remaining = context.time_remaining()
+                code = status_for(exc, deadline_passed=remaining is not None and remaining <= 0)
+                await context.abort(code, str(exc), (("x-request-id", request_id),))
             except aio.AbortError:
                 raise
             except Exception:

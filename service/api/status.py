@@ -22,9 +22,16 @@ _CODES: tuple[tuple[type[BalancesError], grpc.StatusCode], ...] = (
 )
 
 
-def status_for(error: BalancesError) -> grpc.StatusCode:
-    """The status code a caller sees for an expected error (its message is returned as is)."""
+def status_for(error: BalancesError, *, deadline_passed: bool = False) -> grpc.StatusCode:
+    """The status code a caller sees for an expected error (its message is returned as is).
+
+    Upstream reads are bounded by the caller's deadline, so a chain that could not
+    be read by then is reported as DEADLINE_EXCEEDED, as the caller's own side would
+    (whichever of the two statuses arrives first).
+    """
     for kind, code in _CODES:
         if isinstance(error, kind):
+            if code is grpc.StatusCode.UNAVAILABLE and deadline_passed:
+                return grpc.StatusCode.DEADLINE_EXCEEDED
             return code
     return grpc.StatusCode.INTERNAL

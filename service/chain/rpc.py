@@ -16,7 +16,7 @@ import aiohttp
 from web3 import AsyncHTTPProvider
 
 from service.errors import ChainUnavailable
-from service.redact import redact_url
+from service.redact import Redactor, redact_url
 
 __all__ = ["RpcClient", "RpcError"]
 
@@ -45,6 +45,8 @@ class RpcClient:
             )
             for url in self._urls
         ]
+        # aiohttp puts the request URL into its exception texts (a 503 names it).
+        self._redactor = Redactor(self._urls)
         self._preferred = 0
         self._session: aiohttp.ClientSession | None = None
         self._session_lock = asyncio.Lock()
@@ -88,7 +90,7 @@ class RpcClient:
                     self.network,
                     redact_url(self._urls[index]),
                     type(exc).__name__,
-                    exc,
+                    self._redactor.redact(str(exc)),
                 )
                 continue
             self._preferred = index
