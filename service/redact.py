@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 __all__ = ["RedactingFilter", "Redactor", "redact_url"]
+
+# A URL ends before whitespace or quotes, and not on sentence punctuation.
+_ANY_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]*[^\s'\"<>.,;:!?)\]]")
 
 
 def redact_url(url: str) -> str:
@@ -28,7 +32,9 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, redact_url(secret))
-        return text
+        # Then any other URL with a path or query: a library may have rewritten a
+        # configured URL (lowercased host, dropped port) so it no longer matches.
+        return _ANY_URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
 class RedactingFilter(logging.Filter):

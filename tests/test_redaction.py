@@ -36,6 +36,14 @@ def test_redactor_replaces_the_longest_secret_first() -> None:
         )
 
 
+def test_redactor_also_redacts_urls_it_was_not_given() -> None:
+    # e.g. aiohttp lowercased the host of a configured URL
+    text = "ClientResponseError: 503, url='http://rpc.example:8545/v3/OTHER-KEY?k=1'; retry."
+    assert Redactor(["https://RPC.example/v3/OTHER-KEY"]).redact(text) == (
+        "ClientResponseError: 503, url='http://rpc.example:8545/***'; retry."
+    )
+
+
 def test_redactor_leaves_other_text_alone() -> None:
     redactor = Redactor(["https://rpc.example/v3/KEY", ""])
     assert redactor.redact("network polygon: timed out") == "network polygon: timed out"
