@@ -30,6 +30,7 @@ from tests.test_balances_api import (
     assert_documented_shape,
     expected_balances,
 )
+from tests.test_openapi import assert_valid, error_schema, ok_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -352,3 +353,25 @@ async def test_reserved_or_binary_metadata_headers_are_rejected(echo_gateway: Ga
         )
         assert status == 400, header
         assert "not forwardable" in body["message"]
+
+
+async def test_every_balances_route_answers_json_that_conforms_to_openapi(
+    balances_gateway: Gateway,
+) -> None:
+    """Fetched over HTTP from the live gateway: the document and the bodies it describes."""
+    status, document, _ = await balances_gateway.request("GET", "/openapi.json")
+    assert status == 200
+    cases = [
+        ("/v1/wallets/{walletId}/balance", "/v1/wallets/wal_alice_polygon/balance", 200),
+        ("/v1/wallets/{walletId}/balance", "/v1/wallets/wal_nobody/balance", 404),
+        ("/v1/wallets/{walletId}/balance", "/v1/wallets/bad/balance", 400),
+        ("/v1/customers/{customerId}/balances", "/v1/customers/cus_alice/balances", 200),
+        ("/v1/customers/{customerId}/balances", "/v1/customers/cus_bob/balances", 200),
+        ("/v1/customers/{customerId}/balances", "/v1/customers/cus_nobody/balances", 404),
+    ]
+    assert {template for template, _, _ in cases} == set(document["paths"])
+    for template, path, expected in cases:
+        status, body, _ = await balances_gateway.request("GET", path)
+        assert status == expected, path
+        schema = (ok_schema if status == 200 else error_schema)(document, template)
+        assert_valid(document, schema, body)
