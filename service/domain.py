@@ -24,6 +24,7 @@ __all__ = [
     "Wallet",
     "WalletBalance",
     "parse_customer_id",
+    "parse_tenant",
     "parse_wallet_id",
 ]
 
@@ -31,6 +32,7 @@ DEFAULT_TENANT = "default"
 
 _WALLET_ID = re.compile(r"wal_[A-Za-z0-9_]{1,64}")
 _CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9_]{1,64}")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def parse_wallet_id(value: str) -> str:
@@ -53,9 +55,23 @@ def parse_customer_id(value: str) -> str:
     return value
 
 
+def parse_tenant(value: str) -> str:
+    """Return ``value`` if it is a well-formed tenant name (``default``, ``acme``, ``team-2``).
+
+    1-64 lowercase letters, digits, ``_`` and ``-``, starting with a letter or digit.
+    """
+    if not _TENANT.fullmatch(value):
+        raise InvalidArgument(
+            f"tenant name {_shown(value)} is malformed: expected 1-64 lowercase letters, "
+            "digits, '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
 def _shown(value: str) -> str:
     """A bounded, printable rendering of caller input for error messages."""
-    return repr(value[:80] + ("..." if len(value) > 80 else ""))
+    text = repr(value[:80])  # repr escapes control characters; it can grow 10x
+    return text if len(text) <= 82 else text[:79] + "..."
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
     ├── NotFound                  nothing by that ID for this caller
     │   ├── WalletNotFound
     │   └── CustomerNotFound
+    ├── AlreadyExists             the thing exists and belongs to someone else of this tenant
+    ├── Unauthenticated           no API key, or not a valid one (never says which)
     ├── ChainUnavailable          a network or one of its tokens/feeds could not be read
     └── PriceUnavailable          a price needed for a total is missing or too old
     ConfigError                   the configuration file is wrong (start-up only)
@@ -18,6 +20,7 @@ URL: errors name the network and token instead.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyExists",
     "BalancesError",
     "ChainUnavailable",
     "ConfigError",
@@ -26,6 +29,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PriceUnavailable",
+    "Unauthenticated",
     "WalletNotFound",
 ]
 
@@ -52,6 +56,17 @@ class CustomerNotFound(NotFound):
     def __init__(self, customer_id: str) -> None:
         super().__init__(f"customer {customer_id} not found")
         self.customer_id = customer_id
+
+
+class AlreadyExists(BalancesError):
+    """Creating would clash with something the caller's tenant already has."""
+
+
+class Unauthenticated(BalancesError):
+    """No API key, or one that is unknown, malformed or revoked: deliberately one message."""
+
+    def __init__(self) -> None:
+        super().__init__("missing or invalid API key")
 
 
 class ChainUnavailable(BalancesError):

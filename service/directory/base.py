@@ -5,13 +5,21 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from service.addresses import parse_address
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
 from service.errors import InvalidArgument
 
-__all__ = ["WalletDirectory", "WalletRow", "new_wallet_id"]
+__all__ = [
+    "ApiKeyRecord",
+    "ApiKeyStore",
+    "WalletCursor",
+    "WalletDirectory",
+    "WalletRow",
+    "new_wallet_id",
+]
 
 
 def new_wallet_id() -> str:
@@ -73,6 +81,73 @@ class WalletDirectory(Protocol):
         """
         ...
 
+    async def register_wallet(
+        self, tenant: str, customer_id: str, network: str, address: str
+    ) -> tuple[Wallet, bool]:
+        """Register one wallet (``address`` already checksummed); ``(wallet, created)``.
+
+        Idempotent: the same (network, address) for the same customer returns
+        the existing wallet with ``created=False``.  The same (network, address)
+        registered to a different customer of this tenant raises
+        ``AlreadyExists``.  Other tenants are invisible: they may hold the same
+        address and nothing here reveals it.  Safe under concurrent calls: many
+        tasks registering the same row yield one wallet.
+        """
+        ...
+
+    async def list_wallets(
+        self, tenant: str, customer_id: str, *, after: WalletCursor | None, limit: int
+    ) -> list[Wallet]:
+        """Up to ``limit`` of the customer's wallets ordered by (created_at, wallet_id),
+        strictly after ``after`` when given.  An unknown customer gives ``[]``."""
+        ...
+
+    async def delete_wallet(self, tenant: str, customer_id: str, wallet_id: str) -> Wallet:
+        """Remove the customer's wallet and return it as it was.
+
+        Raises ``WalletNotFound`` when the wallet does not exist, belongs to
+        another customer, or to another tenant (all the same error and message).
+        """
+        ...
+
     async def close(self) -> None:
         """Release the store.  The directory must not be used afterwards."""
+        ...
+
+
+@dataclass(frozen=True)
+class WalletCursor:
+    """Where a page of ``list_wallets`` ended: the last wallet's sort key."""
+
+    created_at: datetime
+    wallet_id: str
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """What is known of an API key: never the key itself."""
+
+    key_id: str
+    tenant: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyStore(Protocol):
+    """Where API key digests live (SHA-256 of the key; see service/auth/keys.py)."""
+
+    async def add_key(self, key_id: str, tenant: str, digest: bytes) -> ApiKeyRecord:
+        """Store a new key's digest for ``tenant``."""
+        ...
+
+    async def key_by_id(self, key_id: str) -> tuple[ApiKeyRecord, bytes] | None:
+        """The record and stored digest of a key, revoked or not; None when unknown."""
+        ...
+
+    async def revoke_key(self, key_id: str) -> ApiKeyRecord:
+        """Mark a key revoked (idempotent); raises ``NotFound`` for an unknown id."""
+        ...
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        """Every key (of ``tenant`` when given), ordered by (tenant, created_at)."""
         ...

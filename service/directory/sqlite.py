@@ -1,4 +1,4 @@
-"""The wallet directory on SQLite: one connection, used from one worker thread."""
+"""The wallet directory and API key store on SQLite: one connection, used from one worker thread."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from service.directory.base import WalletRow, new_wallet_id
+from service.directory.base import ApiKeyRecord, WalletCursor, WalletRow, new_wallet_id
 from service.directory.rules import existing_wallet_for
-from service.directory.sqlite_schema import migrate
-from service.domain import Wallet, parse_customer_id, parse_wallet_id
-from service.errors import CustomerNotFound, WalletNotFound
+from service.directory.sqlite_schema import migrate, schema_version
+from service.domain import Wallet, parse_customer_id, parse_tenant, parse_wallet_id
+from service.errors import AlreadyExists, CustomerNotFound, NotFound, WalletNotFound
+
+if TYPE_CHECKING:
+    from service.directory.base import ApiKeyStore, WalletDirectory
 
 __all__ = ["SqliteWalletDirectory"]
 
@@ -31,7 +34,9 @@ _INSERT = (
     "INSERT INTO wallets (wallet_id, tenant, customer_id, network, address, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+_SELECT_KEY = "SELECT key_id, tenant, created_at, revoked_at, digest FROM api_keys"
 _BUSY_TIMEOUT_SECONDS = 10.0
+_DIGEST_BYTES = 32
 
 
 def _utc_now() -> datetime:
@@ -39,7 +44,7 @@ def _utc_now() -> datetime:
 
 
 class SqliteWalletDirectory:
-    """``WalletDirectory`` on a SQLite file (WAL, foreign keys on, migrated at open).
+    """``WalletDirectory`` and ``ApiKeyStore`` on one SQLite file (WAL, migrated at open).
 
     All SQLite calls run on a private single-thread executor, which both keeps
     them off the event loop and serialises use of the one connection (a
@@ -89,6 +94,58 @@ class SqliteWalletDirectory:
         _log.info("imported %d wallets for tenant %s (%d new)", len(wallets), tenant, created)
         return wallets
 
+    async def register_wallet(
+        self, tenant: str, customer_id: str, network: str, address: str
+    ) -> tuple[Wallet, bool]:
+        row = WalletRow(customer_id=customer_id, network=network, address=address)
+        now = self._clock().astimezone(UTC)
+        wallet, created = await self._run(_register_row, tenant, row, now)
+        if created:
+            _log.info("registered wallet %s for tenant %s", wallet.wallet_id, tenant)
+        return wallet, created
+
+    async def list_wallets(
+        self, tenant: str, customer_id: str, *, after: WalletCursor | None, limit: int
+    ) -> list[Wallet]:
+        parse_customer_id(customer_id)
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        return await self._run(_select_wallet_page, tenant, customer_id, after, limit)
+
+    async def delete_wallet(self, tenant: str, customer_id: str, wallet_id: str) -> Wallet:
+        parse_customer_id(customer_id)
+        parse_wallet_id(wallet_id)
+        deleted = await self._run(_delete_wallet, tenant, customer_id, wallet_id)
+        if deleted is None:
+            raise WalletNotFound(wallet_id)
+        _log.info("deleted wallet %s of tenant %s", wallet_id, tenant)
+        return deleted
+
+    async def add_key(self, key_id: str, tenant: str, digest: bytes) -> ApiKeyRecord:
+        parse_tenant(tenant)
+        if len(digest) != _DIGEST_BYTES:
+            raise ValueError(f"an API key digest is {_DIGEST_BYTES} bytes, not {len(digest)}")
+        now = self._clock().astimezone(UTC)
+        record = await self._run(_insert_key, key_id, tenant, bytes(digest), now)
+        _log.info("added API key %s for tenant %s", key_id, tenant)
+        return record
+
+    async def key_by_id(self, key_id: str) -> tuple[ApiKeyRecord, bytes] | None:
+        return await self._run(_select_key, key_id)
+
+    async def revoke_key(self, key_id: str) -> ApiKeyRecord:
+        now = self._clock().astimezone(UTC)
+        record = await self._run(_revoke_key, key_id, now)
+        _log.info("revoked API key %s of tenant %s", key_id, record.tenant)
+        return record
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        return await self._run(_select_keys, tenant)
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database (migrated at open)."""
+        return await self._run(schema_version)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -132,15 +189,143 @@ def _import_rows(
     connection: sqlite3.Connection, tenant: str, rows: list[WalletRow], now: datetime
 ) -> tuple[list[Wallet], int]:
     """Register ``rows`` in one ``BEGIN IMMEDIATE`` transaction: all or nothing."""
+    return _write(connection, _insert_rows, tenant, rows, now)
+
+
+def _write(
+    connection: sqlite3.Connection,
+    function: Callable[Concatenate[sqlite3.Connection, _P], _T],
+    *args: _P.args,
+    **kwargs: _P.kwargs,
+) -> _T:
+    """Run ``function(connection, ...)`` in one ``BEGIN IMMEDIATE`` transaction."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        result = _insert_rows(connection, tenant, rows, now)
+        result = function(connection, *args, **kwargs)
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
     return result
+
+
+def _register_row(
+    connection: sqlite3.Connection, tenant: str, row: WalletRow, now: datetime
+) -> tuple[Wallet, bool]:
+    """Look up (tenant, network, address), insert it when absent: one write transaction.
+
+    ``BEGIN IMMEDIATE`` takes the database's write lock before the look-up, so
+    no other connection (in this process or another) can insert the same row
+    between the look-up and the insert.
+    """
+    return _write(connection, _register_row_in_transaction, tenant, row, now)
+
+
+def _register_row_in_transaction(
+    connection: sqlite3.Connection, tenant: str, row: WalletRow, now: datetime
+) -> tuple[Wallet, bool]:
+    existing = _select_by_address(connection, tenant, row.network, row.address)
+    if existing is not None:
+        if existing.customer_id != row.customer_id:
+            raise AlreadyExists(
+                f"address {row.address} on network {row.network} is already registered"
+                " to another customer"
+            )
+        return existing, False
+    (wallet,), _ = _insert_rows(connection, tenant, [row], now)
+    return wallet, True
+
+
+def _select_wallet_page(
+    connection: sqlite3.Connection,
+    tenant: str,
+    customer_id: str,
+    after: WalletCursor | None,
+    limit: int,
+) -> list[Wallet]:
+    query = _SELECT + " WHERE tenant = ? AND customer_id = ?"
+    parameters: list[object] = [tenant, customer_id]
+    if after is not None:
+        query += " AND (created_at, wallet_id) > (?, ?)"
+        parameters += [_timestamp(after.created_at), after.wallet_id]
+    query += " ORDER BY created_at, wallet_id LIMIT ?"
+    parameters.append(limit)
+    return [_wallet(row) for row in connection.execute(query, parameters).fetchall()]
+
+
+def _delete_wallet(
+    connection: sqlite3.Connection, tenant: str, customer_id: str, wallet_id: str
+) -> Wallet | None:
+    """Delete the wallet if it is this tenant's customer's; return it as it was, else None.
+
+    One statement in one ``BEGIN IMMEDIATE`` transaction; ``fetchall`` runs the
+    ``RETURNING`` statement to completion before the commit.
+    """
+    rows = _write(
+        connection,
+        lambda c: c.execute(
+            "DELETE FROM wallets WHERE wallet_id = ? AND tenant = ? AND customer_id = ?"
+            " RETURNING wallet_id, tenant, customer_id, network, address, created_at",
+            (wallet_id, tenant, customer_id),
+        ).fetchall(),
+    )
+    return _wallet(rows[0]) if rows else None
+
+
+def _insert_key(
+    connection: sqlite3.Connection, key_id: str, tenant: str, digest: bytes, now: datetime
+) -> ApiKeyRecord:
+    try:
+        connection.execute(
+            "INSERT INTO api_keys (key_id, tenant, digest, created_at) VALUES (?, ?, ?, ?)",
+            (key_id, tenant, digest, _timestamp(now)),
+        )
+    except sqlite3.IntegrityError:
+        if _select_key(connection, key_id) is None:
+            raise
+        raise AlreadyExists(f"an API key with id {key_id} already exists") from None
+    return ApiKeyRecord(key_id=key_id, tenant=tenant, created_at=_parsed(now), revoked_at=None)
+
+
+def _select_key(connection: sqlite3.Connection, key_id: str) -> tuple[ApiKeyRecord, bytes] | None:
+    row = connection.execute(_SELECT_KEY + " WHERE key_id = ?", (key_id,)).fetchone()
+    return None if row is None else (_key_record(row), bytes(row[4]))
+
+
+def _revoke_key(connection: sqlite3.Connection, key_id: str, now: datetime) -> ApiKeyRecord:
+    """Set ``revoked_at`` unless already set (the first revocation's time stays)."""
+    rows = _write(
+        connection,
+        lambda c: c.execute(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?"
+            " RETURNING key_id, tenant, created_at, revoked_at",
+            (_timestamp(now), key_id),
+        ).fetchall(),
+    )
+    if not rows:
+        raise NotFound(f"API key {key_id} not found")
+    return _key_record(rows[0])
+
+
+def _select_keys(connection: sqlite3.Connection, tenant: str | None) -> list[ApiKeyRecord]:
+    if tenant is None:
+        rows = connection.execute(_SELECT_KEY + " ORDER BY tenant, created_at, key_id")
+    else:
+        rows = connection.execute(
+            _SELECT_KEY + " WHERE tenant = ? ORDER BY created_at, key_id", (tenant,)
+        )
+    return [_key_record(row) for row in rows.fetchall()]
+
+
+def _key_record(row: tuple[Any, ...]) -> ApiKeyRecord:
+    key_id, tenant, created_at, revoked_at = row[:4]
+    return ApiKeyRecord(
+        key_id=key_id,
+        tenant=tenant,
+        created_at=_from_timestamp(created_at),
+        revoked_at=None if revoked_at is None else _from_timestamp(revoked_at),
+    )
 
 
 def _insert_rows(
@@ -220,10 +405,26 @@ def _wallet(row: tuple[Any, ...]) -> Wallet:
         customer_id=customer_id,
         network=network,
         address=address,
-        created_at=datetime.fromisoformat(created_at).astimezone(UTC),
+        created_at=_from_timestamp(created_at),
     )
+
+
+def _from_timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _parsed(moment: datetime) -> datetime:
+    """``moment`` as it reads back from the database (UTC, microseconds)."""
+    return _from_timestamp(_timestamp(moment))
 
 
 def _timestamp(moment: datetime) -> str:
     """UTC ISO-8601 with microseconds and ``Z``: fixed width, so text order is time order."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+if TYPE_CHECKING:
+
+    def _implements(directory: SqliteWalletDirectory) -> tuple[WalletDirectory, ApiKeyStore]:
+        """Checked by mypy only: the class satisfies both protocols."""
+        return directory, directory

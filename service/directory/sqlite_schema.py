@@ -35,6 +35,22 @@ MIGRATIONS: Sequence[Migration] = (
         """,
         "CREATE INDEX wallets_by_customer ON wallets (tenant, customer_id)",
     ),
+    # 2: API keys (only SHA-256 digests of the keys), and an index serving
+    # list_wallets' pages in (created_at, wallet_id) order per customer.
+    (
+        """
+        CREATE TABLE api_keys (
+            key_id     TEXT PRIMARY KEY NOT NULL,
+            tenant     TEXT NOT NULL,
+            digest     BLOB NOT NULL CHECK (typeof(digest) = 'blob' AND length(digest) = 32),
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )
+        """,
+        "CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at)",
+        "CREATE INDEX wallets_by_customer_page"
+        " ON wallets (tenant, customer_id, created_at, wallet_id)",
+    ),
 )
 
 
