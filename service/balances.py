@@ -109,6 +109,15 @@ class BalanceQueries:
             wallets=tuple(self._wallet_balance(w, by_network[w.network]) for w in wallets),
         )
 
+    async def forget_address(self, network: str, address: str) -> None:
+        """Drop the cached single-address snapshots of a wallet that was deleted.
+
+        Multi-address (customer) snapshots need no dropping: a customer's
+        address set changes with the deletion, and so does its cache key.
+        """
+        for with_prices in (False, True):
+            await self._cache.delete(_cache_key(network, [address], with_prices))
+
     def _wallet_balance(self, wallet: Wallet, snapshot: Snapshot) -> WalletBalance:
         held = snapshot.balances[wallet.address]
         return WalletBalance(

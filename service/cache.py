@@ -18,6 +18,8 @@ class SnapshotCache(Protocol):
 
     async def set(self, key: str, snapshot: Snapshot) -> None: ...
 
+    async def delete(self, key: str) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -34,6 +36,9 @@ class MemorySnapshotCache:
 
     async def set(self, key: str, snapshot: Snapshot) -> None:
         await self._cache.set(key, snapshot, ttl=self._ttl)
+
+    async def delete(self, key: str) -> None:
+        await self._cache.delete(key)
 
     async def aclose(self) -> None:
         await self._cache.clear()

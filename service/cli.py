@@ -1,4 +1,4 @@
-"""The ``balances`` command: serve, import wallets, run the demo.
+"""The ``balances`` command: serve, import wallets, manage API keys and the schema, run the demo.
 
 The only module that reads the environment and prints.
 """
@@ -10,13 +10,18 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import CONFIG_ENV_VAR, Settings, load_settings
-from service.domain import DEFAULT_TENANT
+from service.domain import DEFAULT_TENANT, parse_tenant
 from service.errors import BalancesError, ConfigError, ImportRejected
 from service.logs import setup_logging
+
+if TYPE_CHECKING:
+    from service.directory.sqlite import SqliteWalletDirectory
 
 __all__ = ["main"]
 
@@ -55,9 +60,38 @@ def _parser() -> argparse.ArgumentParser:
         "import", help="import wallets from a JSON or CSV file, all or nothing"
     )
     importer.add_argument("file", type=Path)
-    importer.add_argument("--tenant", default=DEFAULT_TENANT)
+    importer.add_argument(
+        "--tenant", default=DEFAULT_TENANT, help="tenant name (default: %(default)s)"
+    )
     _config_option(importer)
     importer.set_defaults(run=_import_wallets)
+
+    keys = commands.add_parser("keys", help="manage API keys (stored only as SHA-256 digests)")
+    key_commands = keys.add_subparsers(required=True, metavar="COMMAND")
+    create_key = key_commands.add_parser(
+        "create", help="create a key for a tenant and print it once, on stdout"
+    )
+    create_key.add_argument("--tenant", required=True, help="tenant name")
+    _config_option(create_key)
+    create_key.set_defaults(run=_create_key)
+    revoke_key = key_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke_key.add_argument("key_id", metavar="KEY_ID")
+    _config_option(revoke_key)
+    revoke_key.set_defaults(run=_revoke_key)
+    list_keys = key_commands.add_parser(
+        "list", help="list keys: id, tenant, created, revoked (never the key)"
+    )
+    list_keys.add_argument("--tenant", default=None, help="only this tenant's keys")
+    _config_option(list_keys)
+    list_keys.set_defaults(run=_list_keys)
+
+    database = commands.add_parser("db", help="manage the wallet directory database")
+    database_commands = database.add_subparsers(required=True, metavar="COMMAND")
+    migrate = database_commands.add_parser(
+        "migrate", help="apply pending schema migrations and print the schema version"
+    )
+    _config_option(migrate)
+    migrate.set_defaults(run=_migrate)
 
     gateway = commands.add_parser(
         "gateway", help="run only the REST shim, proxying to a gRPC server (a sidecar)"
@@ -117,6 +151,7 @@ def _import_wallets(args: argparse.Namespace) -> int:
     from service.directory.importfile import import_wallet_file
     from service.directory.sqlite import SqliteWalletDirectory
 
+    parse_tenant(args.tenant)
     settings = _settings(args)
 
     async def run() -> int:
@@ -131,6 +166,93 @@ def _import_wallets(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from service.auth.keys import new_api_key
+
+    tenant = parse_tenant(args.tenant)
+    settings = _settings(args)
+
+    async def run(directory: SqliteWalletDirectory) -> int:
+        key = new_api_key()
+        record = await directory.add_key(key.key_id, tenant, key.digest)
+        print(key.plaintext, flush=True)
+        print(
+            f"created API key {record.key_id} for tenant {record.tenant};"
+            " it is shown only this once: store it now",
+            file=sys.stderr,
+        )
+        return 0
+
+    return asyncio.run(_with_directory(settings, run))
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run(directory: SqliteWalletDirectory) -> int:
+        record = await directory.revoke_key(args.key_id)
+        assert record.revoked_at is not None
+        print(
+            f"revoked API key {record.key_id} of tenant {record.tenant}"
+            f" (at {_shown_time(record.revoked_at)})"
+        )
+        return 0
+
+    return asyncio.run(_with_directory(settings, run))
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    tenant = None if args.tenant is None else parse_tenant(args.tenant)
+    settings = _settings(args)
+
+    async def run(directory: SqliteWalletDirectory) -> int:
+        records = await directory.list_keys(tenant)
+        rows = [("KEY ID", "TENANT", "CREATED", "REVOKED")] + [
+            (
+                r.key_id,
+                r.tenant,
+                _shown_time(r.created_at),
+                "-" if r.revoked_at is None else _shown_time(r.revoked_at),
+            )
+            for r in records
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+            print("  ".join(cells).rstrip())
+        return 0
+
+    return asyncio.run(_with_directory(settings, run))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run(directory: SqliteWalletDirectory) -> int:
+        version = await directory.schema_version()
+        print(f"wallet directory {settings.directory_path} is at schema version {version}")
+        return 0
+
+    return asyncio.run(_with_directory(settings, run))
+
+
+async def _with_directory(
+    settings: Settings, run: Callable[[SqliteWalletDirectory], Awaitable[int]]
+) -> int:
+    """Open (and so migrate) the configured directory, ``run`` with it, close it."""
+    from service.directory.sqlite import SqliteWalletDirectory
+
+    directory = await SqliteWalletDirectory.open(settings.directory_path)
+    try:
+        return await run(directory)
+    finally:
+        await directory.close()
+
+
+def _shown_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _gateway(args: argparse.Namespace) -> int:

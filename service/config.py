@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "NetworkSettings",
     "RestSettings",
     "Settings",
+    "TlsSettings",
     "load_settings",
     "parse_settings",
 ]
@@ -58,6 +60,19 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """A server certificate and key (PEM), checked to load at start.
+
+    ``client_ca_file`` (gRPC only) turns on mutual TLS: every client must
+    present a certificate issued by one of those CAs.
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class RestSettings:
     """The REST shim served beside gRPC (the ``[rest]`` table; absent: gRPC only)."""
 
@@ -65,6 +80,7 @@ class RestSettings:
     max_body_bytes: int
     body_read_timeout_seconds: float
     default_timeout_seconds: float
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,7 @@ class Settings:
     base_currency: str
     base_currency_digits: int
     networks: tuple[NetworkSettings, ...]
+    tls: TlsSettings | None = None  # [server.tls]: gRPC over TLS (mTLS with client_ca_file)
 
     def network(self, name: str) -> NetworkSettings:
         return next(n for n in self.networks if n.name == name)
@@ -106,12 +123,15 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     directory = doc.table("directory")
     chain = doc.table("chain")
     pricing = doc.table("pricing")
-    rest = _rest(doc.table("rest")) if "rest" in raw else None
+    rest = _rest(doc.table("rest"), base_dir) if "rest" in raw else None
     networks_raw = doc.required("networks", list, "a list of [[networks]] tables")
     doc.reject_unknown()
 
     listen = server.optional("listen", str, "127.0.0.1:50051")
     _check_listen(listen, server.key("listen"))
+    server_tls = (
+        _tls(server.table("tls"), base_dir, client_ca=True) if "tls" in server.raw else None
+    )
     settings = Settings(
         listen=listen,
         rest=rest,
@@ -130,6 +150,7 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
             )
             for i, item in enumerate(networks_raw)
         ),
+        tls=server_tls,
     )
     for table in (server, cache, directory, chain, pricing):
         table.reject_unknown()
@@ -146,7 +167,7 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     return settings
 
 
-def _rest(table: _Table) -> RestSettings:
+def _rest(table: _Table, base_dir: Path) -> RestSettings:
     listen = table.optional("listen", str, "127.0.0.1:8080")
     _check_listen(listen, table.key("listen"))
     max_body = table.optional("max_body_bytes", int, 1 << 20)
@@ -157,9 +178,74 @@ def _rest(table: _Table) -> RestSettings:
         max_body_bytes=max_body,
         body_read_timeout_seconds=table.positive_number("body_read_timeout_seconds", 10),
         default_timeout_seconds=table.positive_number("default_timeout_seconds", 30),
+        tls=_tls(table.table("tls"), base_dir, client_ca=False) if "tls" in table.raw else None,
     )
     table.reject_unknown()
     return settings
+
+
+class _EncryptedKey(Exception):
+    """Raised by the password callback: keys must be unencrypted (nobody types a passphrase)."""
+
+
+def _tls(table: _Table, base_dir: Path, *, client_ca: bool) -> TlsSettings:
+    """Paths relative to the config file; each file is read and parsed here, at start."""
+    cert_file = _pem_file(table, "cert_file", base_dir, required=True)
+    key_file = _pem_file(table, "key_file", base_dir, required=True)
+    ca_file = _pem_file(table, "client_ca_file", base_dir, required=False) if client_ca else None
+    table.reject_unknown()
+    assert cert_file is not None and key_file is not None
+    _check_certificates(cert_file, table.key("cert_file"))
+    if ca_file is not None:
+        _check_certificates(ca_file, table.key("client_ca_file"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_refuse_password)
+    except _EncryptedKey as exc:
+        raise ConfigError(
+            table.key("key_file"), f"{key_file}: encrypted keys are not supported"
+        ) from exc
+    except OSError as exc:  # ssl.SSLError, or the file went away since it was read
+        raise ConfigError(
+            table.key("key_file"),
+            f"{key_file}: not a PEM private key matching cert_file"
+            f" ({getattr(exc, 'reason', None) or exc.strerror or 'no usable key in the file'})",
+        ) from exc
+    return TlsSettings(cert_file, key_file, ca_file)
+
+
+def _refuse_password() -> bytes:
+    raise _EncryptedKey
+
+
+def _pem_file(table: _Table, name: str, base_dir: Path, *, required: bool) -> Path | None:
+    value: str | None = (
+        table.required(name, str, "a path to a PEM file")
+        if required
+        else table.optional(name, str, None)
+    )
+    if value is None:
+        return None
+    if not value:
+        raise ConfigError(table.key(name), "must be a path to a PEM file")
+    path = base_dir / value
+    try:
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
+        raise ConfigError(table.key(name), f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(table.key(name), f"cannot read {str(path)!r}: {exc}") from exc
+    return path
+
+
+def _check_certificates(path: Path, key: str) -> None:
+    """The file holds at least one PEM certificate (a chain, or a bundle of CAs)."""
+    try:
+        text = path.read_text(encoding="ascii")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (OSError, UnicodeDecodeError, ValueError, ssl.SSLError) as exc:
+        raise ConfigError(key, f"{path}: not a PEM certificate file") from exc
 
 
 def _network(table: _Table, default_batch: int) -> NetworkSettings:

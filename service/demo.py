@@ -11,14 +11,17 @@ import asyncio
 import json
 import logging
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.config import load_settings
+from service.auth.keys import new_api_key
+from service.config import Settings, load_settings
 from service.devchain.anvil import AnvilNode
 from service.devchain.world import (
     ETHEREUM,
     POLYGON,
+    DemoWallet,
     DemoWorld,
     demo_wallets,
     deploy_network,
@@ -28,7 +31,6 @@ from service.devchain.world import (
 )
 from service.directory.importfile import import_wallet_file
 from service.directory.sqlite import SqliteWalletDirectory
-from service.domain import DEFAULT_TENANT
 from service.logs import setup_logging
 from service.server import ServingPorts, serve
 
@@ -57,27 +59,53 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
                 directory_path="balances.sqlite3",
             )
         )
-        wallets_path = workdir / "wallets.json"
-        write_wallet_file(wallets_path, world.wallets)
         settings = load_settings(config_path)
-        directory = await SqliteWalletDirectory.open(settings.directory_path)
-        try:
-            await import_wallet_file(
-                directory, wallets_path, DEFAULT_TENANT, [n.name for n in settings.networks]
-            )
-        finally:
-            await directory.close()
+        tenants = await _register_tenants(world, workdir, settings)
 
         def ready(ports: ServingPorts) -> None:
             target = f"127.0.0.1:{ports.grpc}"
             rest = f"http://127.0.0.1:{ports.rest}"
-            state = _state(world, target, rest, config_path)
+            state = _state(world, tenants, target, rest, config_path)
             state_path.write_text(json.dumps(state, indent=2))
-            print(_instructions(world, target, rest, state_path), flush=True)
+            print(_instructions(tenants, target, rest, state_path), flush=True)
 
         await serve(settings, on_ready=ready)
     print("demo stopped: server and chains are down", flush=True)
     return 0
+
+
+@dataclass(frozen=True)
+class DemoTenant:
+    name: str
+    api_key: str
+    wallets: list[DemoWallet]
+
+
+async def _register_tenants(
+    world: DemoWorld, workdir: Path, settings: Settings
+) -> list[DemoTenant]:
+    """Two tenants: acme owns alice and bob; globex owns carol, whose wallet has the
+    same polygon address as alice's (tenants register addresses independently)."""
+    alice_polygon = world.wallets[0]
+    carol = DemoWallet(
+        "wal_carol_polygon", "cus_carol", "polygon", alice_polygon.address, alice_polygon.raw
+    )
+    plan = {"acme": list(world.wallets), "globex": [carol]}
+    directory = await SqliteWalletDirectory.open(settings.directory_path)
+    tenants = []
+    try:
+        for tenant, wallets in plan.items():
+            wallets_path = workdir / f"wallets-{tenant}.json"
+            write_wallet_file(wallets_path, wallets)
+            await import_wallet_file(
+                directory, wallets_path, tenant, [n.name for n in settings.networks]
+            )
+            key = new_api_key()
+            await directory.add_key(key.key_id, tenant, key.digest)
+            tenants.append(DemoTenant(tenant, key.plaintext, wallets))
+    finally:
+        await directory.close()
+    return tenants
 
 
 def _fresh_workdir(workdir: Path) -> None:
@@ -87,7 +115,9 @@ def _fresh_workdir(workdir: Path) -> None:
         stale.unlink()
 
 
-def _state(world: DemoWorld, target: str, rest: str, config_path: Path) -> dict[str, Any]:
+def _state(
+    world: DemoWorld, tenants: list[DemoTenant], target: str, rest: str, config_path: Path
+) -> dict[str, Any]:
     return {
         "grpc": target,
         "rest": rest,
@@ -103,37 +133,59 @@ def _state(world: DemoWorld, target: str, rest: str, config_path: Path) -> dict[
             }
             for n in world.networks.values()
         },
-        "customers": {
-            customer: [
-                {"wallet_id": w.wallet_id, "network": w.network, "address": w.address}
-                for w in world.wallets
-                if w.customer_id == customer
-            ]
-            for customer in sorted({w.customer_id for w in world.wallets})
+        "tenants": {
+            tenant.name: {
+                "api_key": tenant.api_key,
+                "customers": {
+                    customer: [
+                        {"wallet_id": w.wallet_id, "network": w.network, "address": w.address}
+                        for w in tenant.wallets
+                        if w.customer_id == customer
+                    ]
+                    for customer in sorted({w.customer_id for w in tenant.wallets})
+                },
+            }
+            for tenant in tenants
         },
     }
 
 
-def _instructions(world: DemoWorld, target: str, rest: str, state_path: Path) -> str:
-    wallet = world.wallets[0]
+def _instructions(tenants: list[DemoTenant], target: str, rest: str, state_path: Path) -> str:
+    acme, globex = tenants[0], tenants[1]
+    wallet = acme.wallets[0]
+    grpcurl = f".venv/bin/grpcurl -plaintext -H 'x-api-key: {acme.api_key}'"
+    curl = f"curl -s -H 'X-API-Key: {acme.api_key}'"
     return "\n".join(
         [
             "",
-            f"Balances demo is serving gRPC on {target} (state in {state_path}).",
-            "Try (grpcurl is in .venv/bin; reflection is on, no proto files needed):",
+            f"Balances demo is serving gRPC on {target} and REST on {rest}.",
+            f"API keys (shown once; also in {state_path}):",
+            *(f"  {t.name:<7} {t.api_key}" for t in tenants),
+            "",
+            "gRPC (grpcurl is in .venv/bin; reflection is on, no proto files needed):",
             "",
             f"  .venv/bin/grpcurl -plaintext {target} list",
-            f'  .venv/bin/grpcurl -plaintext -d \'{{"wallet_id": "{wallet.wallet_id}"}}\' '
+            f'  {grpcurl} -d \'{{"wallet_id": "{wallet.wallet_id}"}}\' '
             f"{target} balances.v1.BalancesService/GetWalletBalance",
-            f'  .venv/bin/grpcurl -plaintext -d \'{{"customer_id": "{wallet.customer_id}"}}\' '
+            f'  {grpcurl} -d \'{{"customer_id": "{wallet.customer_id}"}}\' '
             f"{target} balances.v1.BalancesService/GetCustomerBalances",
-            f"  .venv/bin/grpcurl -plaintext {target} grpc.health.v1.Health/Check",
+            f'  {grpcurl} -d \'{{"customer_id": "{wallet.customer_id}"}}\' '
+            f"{target} balances.v1.WalletsService/ListWallets",
             "",
-            f"REST (grpc-gateway style) on {rest}:",
+            "REST:",
             "",
-            f"  curl -s {rest}/v1/wallets/{wallet.wallet_id}/balance",
-            f"  curl -s {rest}/v1/customers/{wallet.customer_id}/balances",
+            f"  {curl} {rest}/v1/wallets/{wallet.wallet_id}/balance",
+            f"  {curl} {rest}/v1/customers/{wallet.customer_id}/balances",
+            f"  {curl} {rest}/v1/customers/{wallet.customer_id}/wallets",
+            f"  {curl} -X POST {rest}/v1/customers/cus_dave/wallets/import \\",
+            f'      -d \'{{"network": "ethereum", "address": "{wallet.address}"}}\'',
             f"  curl -s {rest}/openapi.json",
+            "",
+            f"globex's key sees only its own customer ({globex.wallets[0].customer_id});",
+            "acme's customers are NOT_FOUND for it:",
+            "",
+            f"  curl -s -H 'X-API-Key: {globex.api_key}' "
+            f"{rest}/v1/customers/{wallet.customer_id}/balances",
             "",
             "Ctrl-C stops the server and both chains.",
             "",

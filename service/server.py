@@ -13,18 +13,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from balances.v1 import balances_pb2, balances_pb2_grpc
+from balances.v1 import balances_pb2, balances_pb2_grpc, wallets_pb2, wallets_pb2_grpc
+from service.api.auth_interceptor import AuthInterceptor
 from service.api.balances_servicer import BalancesServicer
 from service.api.interceptors import ErrorInterceptor
+from service.api.wallets_servicer import WalletsServicer
+from service.auth.authenticator import Authenticator
 from service.balances import BalanceQueries
 from service.cache import MemorySnapshotCache
 from service.chain.reader import ChainReader
 from service.chain.rpc import RpcClient
-from service.config import Settings
-from service.directory.base import WalletDirectory
+from service.config import Settings, TlsSettings
+from service.directory.base import ApiKeyStore, WalletDirectory
 from service.directory.sqlite import SqliteWalletDirectory
 from service.gateway.app import GatewayLimits
 from service.gateway.serve import RunningGateway, start_gateway
+from service.registry import WalletRegistry
+from service.tls import PrivateSocket, grpc_server_credentials, rest_ssl_context
 
 __all__ = [
     "API_SERVICES",
@@ -38,8 +43,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The API services this server implements; reflection and the REST shim use the same list.
-API_SERVICES = (balances_pb2.DESCRIPTOR.services_by_name["BalancesService"],)
-BALANCES_SERVICE = API_SERVICES[0].full_name
+API_SERVICES = (
+    balances_pb2.DESCRIPTOR.services_by_name["BalancesService"],
+    wallets_pb2.DESCRIPTOR.services_by_name["WalletsService"],
+)
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,12 @@ class Components:
 
     settings: Settings
     directory: WalletDirectory
+    keys: ApiKeyStore
     rpc_clients: list[RpcClient]
     readers: dict[str, ChainReader]
     cache: MemorySnapshotCache
     queries: BalanceQueries
+    registry: WalletRegistry
 
     async def aclose(self) -> None:
         for client in self.rpc_clients:
@@ -75,7 +84,6 @@ async def build_components(settings: Settings) -> Components:
         n.name: ChainReader(n, client)
         for n, client in zip(settings.networks, rpc_clients, strict=True)
     }
-    directory: WalletDirectory | None = None
     try:
         await _prepare_all(list(readers.values()))
         for name, reader in readers.items():
@@ -96,7 +104,12 @@ async def build_components(settings: Settings) -> Components:
         base_currency_digits=settings.base_currency_digits,
         read_timeout=settings.rpc_timeout_seconds,
     )
-    return Components(settings, directory, rpc_clients, readers, cache, queries)
+    registry = WalletRegistry(
+        directory, [n.name for n in settings.networks], queries.forget_address
+    )
+    return Components(
+        settings, directory, directory, rpc_clients, readers, cache, queries, registry
+    )
 
 
 async def _prepare_all(readers: list[ChainReader]) -> None:
@@ -115,12 +128,27 @@ async def _prepare_all(readers: list[ChainReader]) -> None:
 
 
 def create_server(
-    components: Components, listen: str
+    components: Components,
+    listen: str,
+    *,
+    tls: TlsSettings | None = None,
+    private_socket: PrivateSocket | None = None,
 ) -> tuple[aio.Server, int, health_aio.HealthServicer]:
-    """A configured, not yet started server, the port it bound, and its health servicer."""
-    server = aio.server(interceptors=[ErrorInterceptor()])
+    """A configured, not yet started server, the port it bound, and its health servicer.
+
+    ``listen`` is served over TLS when ``tls`` is given (mutual TLS when it names a
+    client CA).  ``private_socket`` adds a plaintext Unix-socket listener for the
+    in-process REST gateway; the same interceptors (auth included) run on both.
+    """
+    # ErrorInterceptor is outermost, so authentication failures are mapped like any error.
+    server = aio.server(
+        interceptors=[ErrorInterceptor(), AuthInterceptor(Authenticator(components.keys))]
+    )
     balances_pb2_grpc.add_BalancesServiceServicer_to_server(
         BalancesServicer(components.queries, components.settings.base_currency_digits), server
+    )
+    wallets_pb2_grpc.add_WalletsServiceServicer_to_server(
+        WalletsServicer(components.registry), server
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -132,9 +160,14 @@ def create_server(
         ),
         server,
     )
-    port = server.add_insecure_port(listen)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, grpc_server_credentials(tls))
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
+    if private_socket is not None and server.add_insecure_port(private_socket.target) == 0:
+        raise OSError(f"cannot listen on {private_socket.target}")
     return server, port, health
 
 
@@ -151,15 +184,22 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     components = await build_components(settings)
     gateway: RunningGateway | None = None
+    private_socket: PrivateSocket | None = None
     try:
-        server, port, health = create_server(components, settings.listen)
+        if settings.rest is not None:
+            # The REST gateway's own way in, independent of the public port's TLS/mTLS.
+            private_socket = PrivateSocket()
+        server, port, health = create_server(
+            components, settings.listen, tls=settings.tls, private_socket=private_socket
+        )
         await server.start()
         for service in ("", *(s.full_name for s in API_SERVICES)):
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving gRPC on port %d", port)
+        log.info("serving gRPC on port %d%s", port, _tls_note(settings.tls))
         if settings.rest is not None:
+            assert private_socket is not None
             gateway = await start_gateway(
-                f"127.0.0.1:{port}",
+                private_socket.target,
                 settings.rest.listen,
                 API_SERVICES,
                 GatewayLimits(
@@ -168,6 +208,9 @@ async def serve(
                     default_timeout_seconds=settings.rest.default_timeout_seconds,
                 ),
                 shutdown_timeout=settings.grace_period_seconds,
+                ssl_context=(
+                    rest_ssl_context(settings.rest.tls) if settings.rest.tls is not None else None
+                ),
             )
         if on_ready is not None:
             on_ready(ServingPorts(port, gateway.port if gateway else None))
@@ -184,4 +227,12 @@ async def serve(
             loop.remove_signal_handler(sig)
         if gateway is not None:
             await gateway.aclose()
+        if private_socket is not None:
+            private_socket.close()
         await components.aclose()
+
+
+def _tls_note(tls: TlsSettings | None) -> str:
+    if tls is None:
+        return ""
+    return " (TLS, client certificates required)" if tls.client_ca_file else " (TLS)"

@@ -16,6 +16,7 @@ from pathlib import Path
 from grpc import aio
 
 from balances.v1 import balances_pb2_grpc
+from service.auth.keys import new_api_key
 from service.config import Settings, load_settings
 from service.devchain.world import DemoWorld, render_config, write_wallet_file
 from service.directory.importfile import import_wallet_file
@@ -25,6 +26,35 @@ from service.server import Components, build_components, create_server
 from tests.rpc_proxy import CountingProxy
 
 
+class ApiKeyInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds ``x-api-key`` to every call on a channel, as an authenticated client would."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def _with_key(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        metadata = [*(details.metadata or ()), ("x-api-key", self._api_key)]
+        return aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_key(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_key(details), request)
+
+
+def keyed_channel(target: str, api_key: str) -> aio.Channel:
+    return aio.insecure_channel(target, interceptors=[ApiKeyInterceptor(api_key)])
+
+
+@dataclass
+class StackConfig:
+    path: Path
+    api_key: str  # a key of tenant "default", which owns the demo wallets
+
+
 @dataclass
 class Stack:
     world: DemoWorld
@@ -32,9 +62,11 @@ class Stack:
     components: Components
     proxies: dict[str, CountingProxy]
     target: str
-    channel: aio.Channel
-    stub: balances_pb2_grpc.BalancesServiceStub
+    channel: aio.Channel  # sends no API key: for the gateway and for auth tests
+    keyed: aio.Channel  # sends ``api_key`` on every call
+    stub: balances_pb2_grpc.BalancesServiceStub  # on ``keyed``
     config_path: Path
+    api_key: str
 
     def eth_calls(self) -> dict[str, int]:
         return {name: p.counts["eth_call"] for name, p in self.proxies.items()}
@@ -52,7 +84,7 @@ async def write_stack_config(
     extra_network_lines: dict[str, list[str]] | None = None,
     extra_toml: str = "",
     cache_ttl_seconds: float = 30,
-) -> Path:
+) -> StackConfig:
     await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     config_path = tmp_path / "balances.toml"
     config_path.write_text(
@@ -70,13 +102,15 @@ async def write_stack_config(
     write_wallet_file(wallets_path, world.wallets)
     settings = load_settings(config_path)
     directory = await SqliteWalletDirectory.open(settings.directory_path)
+    key = new_api_key()
     try:
         await import_wallet_file(
             directory, wallets_path, DEFAULT_TENANT, [n.name for n in settings.networks]
         )
+        await directory.add_key(key.key_id, DEFAULT_TENANT, key.digest)
     finally:
         await directory.close()
-    return config_path
+    return StackConfig(config_path, key.plaintext)
 
 
 @asynccontextmanager
@@ -99,7 +133,7 @@ async def running_stack(
             name: [*(urls_before_proxy or {}).get(name, []), proxy.url]
             for name, proxy in proxies.items()
         }
-        config_path = await write_stack_config(
+        config = await write_stack_config(
             world,
             tmp_path,
             rpc_urls,
@@ -107,7 +141,7 @@ async def running_stack(
             extra_toml=extra_toml,
             cache_ttl_seconds=cache_ttl_seconds,
         )
-        settings = load_settings(config_path)
+        settings = load_settings(config.path)
         components = await build_components(settings)
         stack.push_async_callback(components.aclose)
         server, port, _health = create_server(components, settings.listen)
@@ -116,6 +150,8 @@ async def running_stack(
         target = f"127.0.0.1:{port}"
         channel = aio.insecure_channel(target)
         stack.push_async_callback(channel.close)
+        keyed = keyed_channel(target, config.api_key)
+        stack.push_async_callback(keyed.close)
         for proxy in proxies.values():
             proxy.reset()  # start-up checks (eth_chainId, eth_getCode) are not the test's
         yield Stack(
@@ -125,6 +161,8 @@ async def running_stack(
             proxies,
             target,
             channel,
-            balances_pb2_grpc.BalancesServiceStub(channel),
-            config_path,
+            keyed,
+            balances_pb2_grpc.BalancesServiceStub(keyed),
+            config.path,
+            config.api_key,
         )

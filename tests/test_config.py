@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-from service.config import CANONICAL_MULTICALL3, load_settings, parse_settings
+from service.config import CANONICAL_MULTICALL3, TlsSettings, load_settings, parse_settings
 from service.domain import FeedPrice, PegPrice
 from service.errors import ConfigError
 
@@ -455,3 +456,194 @@ def test_example_config_loads() -> None:
         symbols = {t.symbol for t in network.tokens}
         assert {"USDC", "USDT"} <= symbols, network.name
         assert all(url.startswith("https://") for url in network.rpc_urls), network.name
+
+
+# --- [server.tls] and [rest.tls]: files are read and parsed at start ---------------------
+
+
+@pytest.fixture
+def pem_dir(tmp_path: Path) -> Path:
+    """PEM files beside the (virtual) config file in ``tmp_path``, made at test time."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    server.cert_chain_pems[0].write_to_path(str(tls / "server.pem"))
+    server.private_key_pem.write_to_path(str(tls / "server.key"))
+    ca.cert_pem.write_to_path(str(tls / "ca.pem"))
+    ca.issue_cert("other.example").private_key_pem.write_to_path(str(tls / "other.key"))
+    (tls / "garbage.pem").write_text("not a pem file\n")
+    encrypted = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+    (tls / "encrypted.key").write_bytes(encrypted)
+    return tmp_path
+
+
+SERVER_TLS = {"cert_file": "tls/server.pem", "key_file": "tls/server.key"}
+
+
+def test_tls_paths_are_relative_to_the_config_file(pem_dir: Path) -> None:
+    path = pem_dir / "balances.toml"
+    path.write_text(
+        VALID_TOML.replace(
+            "[directory]",
+            '[server.tls]\ncert_file = "tls/server.pem"\nkey_file = "tls/server.key"\n'
+            'client_ca_file = "tls/ca.pem"\n\n'
+            '[rest]\n[rest.tls]\ncert_file = "tls/server.pem"\n'
+            f'key_file = "{pem_dir / "tls" / "server.key"}"\n\n'  # absolute stays absolute
+            "[directory]",
+        )
+    )
+    settings = load_settings(path)
+    assert settings.tls == TlsSettings(
+        pem_dir / "tls" / "server.pem", pem_dir / "tls" / "server.key", pem_dir / "tls" / "ca.pem"
+    )
+    assert settings.rest is not None
+    assert settings.rest.tls == TlsSettings(
+        pem_dir / "tls" / "server.pem", pem_dir / "tls" / "server.key"
+    )
+
+
+def test_tls_is_off_unless_configured(tmp_path: Path) -> None:
+    settings = parse_settings({**_base(), "rest": {}}, base_dir=tmp_path)
+    assert settings.tls is None
+    assert settings.rest is not None and settings.rest.tls is None
+
+
+def _server_tls(**values: Any) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["server"]["tls"] = {k: v for k, v in {**SERVER_TLS, **values}.items() if v is not None}
+
+    return edit
+
+
+def _rest_tls(**values: Any) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["rest"] = {"tls": {k: v for k, v in {**SERVER_TLS, **values}.items() if v is not None}}
+
+    return edit
+
+
+BAD_TLS_CONFIGS: list[tuple[str, Edit, str, str]] = [
+    ("server tls not a table", _set(_server, tls="on"), "server.tls", "table"),
+    ("server tls empty", _set(_server, tls={}), "server.tls.cert_file", "required"),
+    ("no key_file", _server_tls(key_file=None), "server.tls.key_file", "required"),
+    ("no cert_file", _server_tls(cert_file=None), "server.tls.cert_file", "required"),
+    ("cert_file not a string", _server_tls(cert_file=1), "server.tls.cert_file", "string"),
+    ("cert_file empty", _server_tls(cert_file=""), "server.tls.cert_file", "path to a PEM"),
+    (
+        "cert_file missing",
+        _server_tls(cert_file="tls/nope.pem"),
+        "server.tls.cert_file",
+        "cannot read",
+    ),
+    ("cert_file a directory", _server_tls(cert_file="tls"), "server.tls.cert_file", "cannot read"),
+    ("cert_file NUL", _server_tls(cert_file="a\0b"), "server.tls.cert_file", "cannot read"),
+    (
+        "cert_file garbage",
+        _server_tls(cert_file="tls/garbage.pem"),
+        "server.tls.cert_file",
+        "not a PEM certificate",
+    ),
+    (
+        "cert_file is a key",
+        _server_tls(cert_file="tls/server.key"),
+        "server.tls.cert_file",
+        "not a PEM certificate",
+    ),
+    (
+        "key_file missing",
+        _server_tls(key_file="tls/nope.key"),
+        "server.tls.key_file",
+        "cannot read",
+    ),
+    (
+        "key_file garbage",
+        _server_tls(key_file="tls/garbage.pem"),
+        "server.tls.key_file",
+        "not a PEM private key",
+    ),
+    (
+        "key_file is a cert",
+        _server_tls(key_file="tls/ca.pem"),
+        "server.tls.key_file",
+        "not a PEM private key",
+    ),
+    (
+        "key_file of another cert",
+        _server_tls(key_file="tls/other.key"),
+        "server.tls.key_file",
+        "matching cert_file",
+    ),
+    (
+        "key_file encrypted",
+        _server_tls(key_file="tls/encrypted.key"),
+        "server.tls.key_file",
+        "encrypted",
+    ),
+    (
+        "client_ca missing",
+        _server_tls(client_ca_file="tls/nope.pem"),
+        "server.tls.client_ca_file",
+        "cannot read",
+    ),
+    (
+        "client_ca garbage",
+        _server_tls(client_ca_file="tls/garbage.pem"),
+        "server.tls.client_ca_file",
+        "not a PEM certificate",
+    ),
+    (
+        "client_ca a key",
+        _server_tls(client_ca_file="tls/server.key"),
+        "server.tls.client_ca_file",
+        "not a PEM certificate",
+    ),
+    (
+        "server tls unknown key",
+        _server_tls(ca_file="tls/ca.pem"),
+        "server.tls.ca_file",
+        "unknown key",
+    ),
+    (
+        "rest tls no mTLS",
+        _rest_tls(client_ca_file="tls/ca.pem"),
+        "rest.tls.client_ca_file",
+        "unknown key",
+    ),
+    (
+        "rest key garbage",
+        _rest_tls(key_file="tls/garbage.pem"),
+        "rest.tls.key_file",
+        "not a PEM private key",
+    ),
+    ("rest cert missing", _rest_tls(cert_file="tls/nope.pem"), "rest.tls.cert_file", "cannot read"),
+    ("rest no key_file", _rest_tls(key_file=None), "rest.tls.key_file", "required"),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "reason"),
+    [case[1:] for case in BAD_TLS_CONFIGS],
+    ids=[case[0] for case in BAD_TLS_CONFIGS],
+)
+def test_bad_tls_config_names_the_key_and_the_reason(
+    pem_dir: Path, edit: Edit, key: str, reason: str
+) -> None:
+    doc = copy.deepcopy(_base())
+    _server_tls()(doc)
+    parse_settings(doc, base_dir=pem_dir)  # the valid base: each error is the edit's
+    doc = copy.deepcopy(_base())
+    edit(doc)
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(doc, base_dir=pem_dir)
+    error = caught.value
+    assert (error.key, str(error)) == (key, f"{key}: {error.reason}")
+    assert reason in error.reason
+    assert "\n" not in str(error)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -41,8 +41,10 @@ LIMITS = GatewayLimits(max_body_bytes=4096, body_read_timeout_seconds=1.0)
 class Gateway:
     base: str
     http: aiohttp.ClientSession
+    default_headers: dict[str, str] = field(default_factory=dict)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        kwargs["headers"] = {**self.default_headers, **kwargs.get("headers", {})}
         async with self.http.request(method, self.base + path, **kwargs) as response:
             text = await response.text()
             body = await response.json(content_type=None) if text else None
@@ -65,7 +67,7 @@ async def balances_gateway(stack: Stack) -> AsyncIterator[Gateway]:
         build_gateway_app(stack.channel, routes, LIMITS, title="Balances")
     )
     async with aiohttp.ClientSession() as http:
-        yield Gateway(base, http)
+        yield Gateway(base, http, {"X-API-Key": stack.api_key})
     await runner.cleanup()
 
 
@@ -97,7 +99,7 @@ async def echo_gateway(echo_target: str) -> AsyncIterator[Gateway]:
 
 async def test_wallet_balance_over_rest(balances_gateway: Gateway, stack: Stack) -> None:
     status, body, headers = await balances_gateway.request(
-        "GET", "/v1/wallets/wal_alice_polygon/balance", headers={"X-API-Key": "k"}
+        "GET", "/v1/wallets/wal_alice_polygon/balance"
     )
     assert status == 200
     assert headers["Content-Type"].startswith("application/json")
@@ -310,7 +312,8 @@ async def test_bad_query_values_are_400(echo_gateway: Gateway, query: str, fragm
 
 
 @pytest.mark.parametrize(
-    "payload", [b"{not json", b'{"labels": "not a map"}', b"[1, 2]", b'{"bigNumber": "x"}']
+    "payload",
+    [b"{not json", b'{"labels": "not a map"}', b"[1, 2]", b'{"bigNumber": "x"}', b"null", b'"s"'],
 )
 async def test_malformed_body_is_400(echo_gateway: Gateway, payload: bytes) -> None:
     status, body, _ = await echo_gateway.request(

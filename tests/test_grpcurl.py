@@ -51,7 +51,14 @@ async def grpcurl(*args: str, timeout: float = 20) -> tuple[int, str, str]:
 
 async def call(stack: Stack, method: str, body: dict[str, str]) -> dict[str, Any]:
     code, out, err = await grpcurl(
-        "-plaintext", "-emit-defaults", "-d", json.dumps(body), stack.target, method
+        "-plaintext",
+        "-emit-defaults",
+        "-H",
+        f"x-api-key: {stack.api_key}",
+        "-d",
+        json.dumps(body),
+        stack.target,
+        method,
     )
     assert code == 0, err
     parsed: dict[str, Any] = json.loads(out)
@@ -76,6 +83,7 @@ async def test_list_shows_the_services_through_reflection(stack: Stack) -> None:
     assert code == 0, err
     assert set(out.split()) == {
         SERVICE,
+        "balances.v1.WalletsService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
@@ -146,6 +154,8 @@ async def test_health_check_is_serving(stack: Stack) -> None:
 async def test_malformed_id_is_invalid_argument(stack: Stack) -> None:
     code, out, err = await grpcurl(
         "-plaintext",
+        "-H",
+        f"x-api-key: {stack.api_key}",
         "-d",
         json.dumps({"wallet_id": "not-a-wallet"}),
         stack.target,

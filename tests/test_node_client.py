@@ -25,7 +25,7 @@ GOOGLEAPIS_PROTOS = Path(annotations_pb2.__file__).parents[2]
 
 
 async def node_client(
-    target: str, wallet_id: str, customer_id: str, *, timeout: float = 60
+    target: str, api_key: str, wallet_id: str, customer_id: str, *, timeout: float = 60
 ) -> tuple[int, dict[str, Any], str]:
     """Run the client without blocking the event loop the server runs on."""
     node = shutil.which("node")
@@ -37,6 +37,7 @@ async def node_client(
         node,
         str(CLIENT),
         target,
+        api_key,
         wallet_id,
         customer_id,
         "--include",
@@ -60,7 +61,9 @@ async def node_client(
 
 
 async def test_node_client_reads_wallet_and_customer_balances(stack: Stack) -> None:
-    code, body, err = await node_client(stack.target, "wal_alice_polygon", "cus_alice")
+    code, body, err = await node_client(
+        stack.target, stack.api_key, "wal_alice_polygon", "cus_alice"
+    )
     assert code == 0, err
     wallet, customer = body["wallet"], body["customer"]
 
@@ -100,7 +103,7 @@ async def test_node_client_reads_wallet_and_customer_balances(stack: Stack) -> N
 
 
 async def test_node_client_sees_not_found_for_an_unknown_wallet(stack: Stack) -> None:
-    code, body, err = await node_client(stack.target, "wal_nobody", "cus_alice")
+    code, body, err = await node_client(stack.target, stack.api_key, "wal_nobody", "cus_alice")
     assert code == 1, err
     assert body == {
         "error": {
@@ -114,7 +117,9 @@ async def test_node_client_sees_not_found_for_an_unknown_wallet(stack: Stack) ->
 
 
 async def test_node_client_sees_not_found_for_an_unknown_customer(stack: Stack) -> None:
-    code, body, _err = await node_client(stack.target, "wal_alice_polygon", "cus_nobody")
+    code, body, _err = await node_client(
+        stack.target, stack.api_key, "wal_alice_polygon", "cus_nobody"
+    )
     assert code == 1
     assert body["error"]["method"] == "GetCustomerBalances"
     assert body["error"]["codeName"] == "NOT_FOUND"

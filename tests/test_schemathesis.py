@@ -33,13 +33,14 @@ async def live_gateway(stack: Stack) -> AsyncIterator[RunningGateway]:
 
 
 async def test_schemathesis_finds_no_server_errors_or_nonconforming_responses(
-    live_gateway: RunningGateway, tmp_path: Path
+    live_gateway: RunningGateway, stack: Stack, tmp_path: Path
 ) -> None:
     st = Path(sys.executable).parent / "st"
     process = await asyncio.create_subprocess_exec(
         str(st),
         "run",
         f"http://127.0.0.1:{live_gateway.port}/openapi.json",
+        "--header", f"X-API-Key: {stack.api_key}",
         "--checks", "all",
         "--exclude-checks", "positive_data_acceptance",
         "--max-examples", "60",

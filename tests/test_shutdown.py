@@ -23,7 +23,7 @@ from balances.v1 import balances_pb2_grpc
 from service.config import load_settings
 from service.devchain.world import DemoWorld
 from tests.rpc_proxy import CountingProxy
-from tests.stack import write_stack_config
+from tests.stack import keyed_channel, write_stack_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -102,7 +102,7 @@ async def serve_process(world: DemoWorld, tmp_path: Path) -> AsyncIterator[Serve
             str(BALANCES),
             "serve",
             "--config",
-            str(config),
+            str(config.path),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -126,12 +126,12 @@ async def serve_process(world: DemoWorld, tmp_path: Path) -> AsyncIterator[Serve
         lines: list[str] = []
         port = await _read_stderr_until_serving(process.stderr, lines)
         drains.append(asyncio.create_task(_drain(process.stderr, lines)))
-        channel = aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = keyed_channel(f"127.0.0.1:{port}", config.api_key)
         stack.push_async_callback(channel.close)
         running = ServeProcess(
             process,
             proxies,
-            load_settings(config).grace_period_seconds,
+            load_settings(config.path).grace_period_seconds,
             channel,
             lines,
         )

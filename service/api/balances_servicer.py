@@ -9,8 +9,8 @@ from grpc import aio
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import balances_pb2_grpc
 from service.api.convert import customer_balances_response, wallet_balance_response
+from service.api.tenancy import caller_tenant
 from service.balances import BalanceQueries
-from service.domain import DEFAULT_TENANT
 
 __all__ = ["BalancesServicer"]
 
@@ -24,7 +24,7 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         self, request: pb.GetWalletBalanceRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetWalletBalanceResponse:
         balance = await self._queries.wallet_balance(
-            DEFAULT_TENANT, request.wallet_id, context.time_remaining()
+            caller_tenant(), request.wallet_id, context.time_remaining()
         )
         return wallet_balance_response(balance)
 
@@ -32,6 +32,6 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         self, request: pb.GetCustomerBalancesRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetCustomerBalancesResponse:
         balances = await self._queries.customer_balances(
-            DEFAULT_TENANT, request.customer_id, context.time_remaining()
+            caller_tenant(), request.customer_id, context.time_remaining()
         )
         return customer_balances_response(balances, self._currency_digits)

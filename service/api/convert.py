@@ -5,10 +5,11 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from balances.v1 import balances_pb2 as pb
-from service.domain import CustomerBalances, TokenAmount, WalletBalance
+from balances.v1 import wallets_pb2 as wallets_pb
+from service.domain import CustomerBalances, TokenAmount, Wallet, WalletBalance
 from service.money import format_amount, format_fraction
 
-__all__ = ["customer_balances_response", "wallet_balance_response"]
+__all__ = ["customer_balances_response", "wallet_balance_response", "wallet_message"]
 
 
 def wallet_balance_response(balance: WalletBalance) -> pb.GetWalletBalanceResponse:
@@ -49,4 +50,16 @@ def _token_balance(amount: TokenAmount) -> pb.TokenBalance:
         currency=amount.symbol,
         amount=format_amount(amount.raw, amount.decimals),
         decimals=amount.decimals,
+    )
+
+
+def wallet_message(wallet: Wallet) -> wallets_pb.Wallet:
+    created = Timestamp()
+    created.FromDatetime(wallet.created_at)
+    return wallets_pb.Wallet(
+        wallet_id=wallet.wallet_id,
+        customer_id=wallet.customer_id,
+        network=wallet.network,
+        address=wallet.address,
+        create_time=created,
     )

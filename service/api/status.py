@@ -5,11 +5,13 @@ from __future__ import annotations
 import grpc
 
 from service.errors import (
+    AlreadyExists,
     BalancesError,
     ChainUnavailable,
     InvalidArgument,
     NotFound,
     PriceUnavailable,
+    Unauthenticated,
 )
 
 __all__ = ["status_for"]
@@ -17,6 +19,8 @@ __all__ = ["status_for"]
 _CODES: tuple[tuple[type[BalancesError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (ChainUnavailable, grpc.StatusCode.UNAVAILABLE),
     (PriceUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

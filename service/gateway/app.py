@@ -83,6 +83,14 @@ class _Handler:
             return error_response(
                 exc.code, exc.message, http_status=exc.http_status, headers=headers
             )
+        except Exception:
+            # A gateway bug: answer in the API's error shape, never aiohttp's text/plain 500.
+            log.exception("REST %s %s failed [%s]", request.method, path[:200], request_id)
+            return error_response(
+                grpc.StatusCode.INTERNAL,
+                f"internal error (request id {request_id or 'none'})",
+                headers={"X-Request-Id": request_id} if request_id else None,
+            )
 
     def _no_route(self, allowed: list[str]) -> web.Response:
         if not allowed:

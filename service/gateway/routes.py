@@ -90,13 +90,27 @@ class RouteTable:
         self._match_order = sorted(self.routes, key=lambda r: r.template.verb is None)
 
     def find(self, http_method: str, path: str) -> RouteMatch | list[str]:
-        """The match, or the methods allowed on this path (empty: no such path)."""
-        allowed: list[str] = []
+        """The match, or the methods allowed on this path (empty: no such path).
+
+        When several templates match a path, only the most specific ones (most
+        literal segments) count: "/customers/c/wallets/import" is the import
+        route's path, not a wallet called "import".
+        """
+        matches: list[tuple[Route, dict[str, str]]] = []
         for route in self._match_order:
             variables = route.template.match(path)
-            if variables is None:
-                continue
+            if variables is not None:
+                matches.append((route, variables))
+        if not matches:
+            return []
+        best = max(_specificity(route) for route, _ in matches)
+        matches = [(route, v) for route, v in matches if _specificity(route) == best]
+        for route, variables in matches:
             if route.http_method == http_method:
                 return RouteMatch(route, variables)
-            allowed.append(route.http_method)
-        return sorted(set(allowed))
+        return sorted({route.http_method for route, _ in matches})
+
+
+def _specificity(route: Route) -> int:
+    literals = sum(1 for segment in route.template.segments if isinstance(segment, str))
+    return literals * 2 + (route.template.verb is not None)

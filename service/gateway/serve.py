@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,20 +38,30 @@ async def start_gateway(
     limits: GatewayLimits,
     *,
     shutdown_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RunningGateway:
-    """Serve REST on ``listen``, proxying to the gRPC server at ``grpc_target``."""
+    """Serve REST on ``listen`` (HTTPS with ``ssl_context``), proxying to ``grpc_target``.
+
+    ``grpc_target`` is any grpc target: ``HOST:PORT``, or ``unix:/path`` for the
+    private socket of an in-process server.
+    """
     channel = aio.insecure_channel(grpc_target)
     app = build_gateway_app(channel, routes_of(services), limits, title="Balances API")
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     try:
         await runner.setup()
         host, _, port = listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port))
+        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
         await channel.close(None)
         raise
     bound = runner.addresses[0][1]
-    log.info("serving REST on port %d (proxying to gRPC at %s)", bound, grpc_target)
+    log.info(
+        "serving REST%s on port %d (proxying to gRPC at %s)",
+        " over TLS" if ssl_context is not None else "",
+        bound,
+        grpc_target,
+    )
     return RunningGateway(runner, channel, bound)

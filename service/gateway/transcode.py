@@ -79,12 +79,16 @@ def _fill_body(message: Message, body_field: str, raw: bytes) -> set[str]:
         data: Any = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _bad(f"request body is not valid JSON: {exc}") from None
-    if body_field != "*":
+    if body_field == "*":
+        if not isinstance(data, dict):
+            raise _bad("request body must be a JSON object")
+    else:
         field = message.DESCRIPTOR.fields_by_name[body_field]
         data = {field.json_name: data}
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=True, max_recursion_depth=32)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        # ParseDict raises more than ParseError on some shapes (e.g. null for a message).
         raise _bad(f"request body does not fit {message.DESCRIPTOR.name}: {exc}") from None
     return {body_field} if body_field != "*" else set(message.DESCRIPTOR.fields_by_name)
 

@@ -2,7 +2,7 @@
 // A Node.js client of balances.v1.BalancesService, built from protos/ at run time
 // with @grpc/grpc-js and @grpc/proto-loader (no generated code).
 //
-// Usage: node tests/node/balances_client.js TARGET WALLET_ID CUSTOMER_ID [--include DIR]...
+// Usage: node tests/node/balances_client.js TARGET API_KEY WALLET_ID CUSTOMER_ID [--include DIR]...
 //
 // --include adds a proto import directory (the googleapis-common-protos site-packages
 // directory, for google/api/annotations.proto); protos/ is always included.
@@ -30,9 +30,9 @@ function parseArgs(argv) {
       positional.push(argv[i]);
     }
   }
-  if (positional.length !== 3) throw new Error('expected TARGET WALLET_ID CUSTOMER_ID');
-  const [target, walletId, customerId] = positional;
-  return { target, walletId, customerId, includeDirs };
+  if (positional.length !== 4) throw new Error('expected TARGET API_KEY WALLET_ID CUSTOMER_ID');
+  const [target, apiKey, walletId, customerId] = positional;
+  return { target, apiKey, walletId, customerId, includeDirs };
 }
 
 function loadService(includeDirs) {
@@ -47,10 +47,12 @@ function loadService(includeDirs) {
   return grpc.loadPackageDefinition(definition).balances.v1.BalancesService;
 }
 
-function call(client, method, request) {
+function call(client, method, request, apiKey) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + DEADLINE_MS);
-    client[method](request, { deadline }, (error, response) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('x-api-key', apiKey);
+    client[method](request, metadata, { deadline }, (error, response) => {
       if (error) {
         error.method = method;
         reject(error);
@@ -72,8 +74,13 @@ async function main() {
   const BalancesService = loadService(args.includeDirs);
   const client = new BalancesService(args.target, grpc.credentials.createInsecure());
   try {
-    const wallet = await call(client, 'GetWalletBalance', { walletId: args.walletId });
-    const customer = await call(client, 'GetCustomerBalances', { customerId: args.customerId });
+    const wallet = await call(client, 'GetWalletBalance', { walletId: args.walletId }, args.apiKey);
+    const customer = await call(
+      client,
+      'GetCustomerBalances',
+      { customerId: args.customerId },
+      args.apiKey,
+    );
     process.stdout.write(`${JSON.stringify({ wallet, customer })}\n`);
     return 0;
   } catch (error) {

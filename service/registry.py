@@ -1,0 +1,97 @@
+"""The wallet registry use cases: import, list (paged), get and delete a customer's wallets.
+
+Everything is scoped to the caller's tenant; another tenant's customer or
+wallet is reported exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime
+
+from service.addresses import parse_address
+from service.directory.base import WalletCursor, WalletDirectory
+from service.domain import Wallet, parse_customer_id, parse_wallet_id
+from service.errors import CustomerNotFound, InvalidArgument, WalletNotFound
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "WalletPage", "WalletRegistry"]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+WalletPage = tuple[list[Wallet], str]
+Forget = Callable[[str, str], Awaitable[None]]
+
+
+class WalletRegistry:
+    def __init__(
+        self, directory: WalletDirectory, networks: Collection[str], forget_balances: Forget
+    ) -> None:
+        self._directory = directory
+        self._networks = tuple(networks)
+        self._forget_balances = forget_balances
+
+    async def import_wallet(
+        self, tenant: str, customer_id: str, network: str, address: str
+    ) -> tuple[Wallet, bool]:
+        parse_customer_id(customer_id)
+        if network not in self._networks:
+            raise InvalidArgument(
+                f"network {network[:40]!r} is not configured; known: {', '.join(self._networks)}"
+            )
+        return await self._directory.register_wallet(
+            tenant, customer_id, network, parse_address(address)
+        )
+
+    async def list_wallets(
+        self, tenant: str, customer_id: str, page_size: int, page_token: str
+    ) -> WalletPage:
+        parse_customer_id(customer_id)
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_token(page_token, customer_id) if page_token else None
+        wallets = await self._directory.list_wallets(
+            tenant, customer_id, after=after, limit=size + 1
+        )
+        if not wallets and after is None:
+            raise CustomerNotFound(customer_id)
+        page, more = wallets[:size], len(wallets) > size
+        return page, _encode_token(customer_id, page[-1]) if more else ""
+
+    async def get_wallet(self, tenant: str, customer_id: str, wallet_id: str) -> Wallet:
+        parse_customer_id(customer_id)
+        wallet = await self._directory.get_wallet(tenant, parse_wallet_id(wallet_id))
+        if wallet.customer_id != customer_id:
+            raise WalletNotFound(wallet_id)
+        return wallet
+
+    async def delete_wallet(self, tenant: str, customer_id: str, wallet_id: str) -> Wallet:
+        parse_customer_id(customer_id)
+        wallet = await self._directory.delete_wallet(
+            tenant, customer_id, parse_wallet_id(wallet_id)
+        )
+        await self._forget_balances(wallet.network, wallet.address)
+        return wallet
+
+
+def _encode_token(customer_id: str, last: Wallet) -> str:
+    """Opaque to callers; bound to the customer so it cannot page someone else's list."""
+    payload = {"c": customer_id, "t": last.created_at.isoformat(), "w": last.wallet_id}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, customer_id: str) -> WalletCursor:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        cursor = WalletCursor(datetime.fromisoformat(payload["t"]), parse_wallet_id(payload["w"]))
+        same_customer = payload["c"] == customer_id
+    except (binascii.Error, ValueError, TypeError, KeyError, InvalidArgument):
+        raise InvalidArgument("page_token is invalid") from None
+    if not same_customer or cursor.created_at.tzinfo is None:
+        raise InvalidArgument("page_token is invalid")
+    return cursor
