@@ -30,6 +30,8 @@ __all__ = [
     "NetworkSettings",
     "RestSettings",
     "Settings",
+    "WatchSettings",
+    "WebhookSettings",
     "TlsSettings",
     "load_settings",
     "parse_settings",
@@ -57,6 +59,7 @@ class NetworkSettings:
     multicall3: str
     max_calls_per_batch: int
     tokens: tuple[Token, ...]
+    ws_url: str | None = None  # when set, the block follower subscribes to newHeads
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,24 @@ class RestSettings:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """Block followers (the ``[watch]`` table)."""
+
+    poll_interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """``balance.updated`` delivery (the ``[webhooks]`` table)."""
+
+    # Plain http is refused except to these hosts (local receivers, tests).
+    allow_http_hosts: tuple[str, ...] = ()
+    timeout_seconds: float = 10.0
+    # Delay before each retry; after the last one fails the event is marked failed.
+    retry_schedule_seconds: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 3600.0)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs to start."""
 
@@ -97,6 +118,8 @@ class Settings:
     base_currency_digits: int
     networks: tuple[NetworkSettings, ...]
     tls: TlsSettings | None = None  # [server.tls]: gRPC over TLS (mTLS with client_ca_file)
+    watch: WatchSettings = WatchSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     def network(self, name: str) -> NetworkSettings:
         return next(n for n in self.networks if n.name == name)
@@ -123,6 +146,8 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     directory = doc.table("directory")
     chain = doc.table("chain")
     pricing = doc.table("pricing")
+    watch = doc.table("watch")
+    webhooks = doc.table("webhooks")
     rest = _rest(doc.table("rest"), base_dir) if "rest" in raw else None
     networks_raw = doc.required("networks", list, "a list of [[networks]] tables")
     doc.reject_unknown()
@@ -151,8 +176,12 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
             for i, item in enumerate(networks_raw)
         ),
         tls=server_tls,
+        watch=WatchSettings(
+            poll_interval_seconds=watch.positive_number("poll_interval_seconds", 2.0)
+        ),
+        webhooks=_webhooks(webhooks),
     )
-    for table in (server, cache, directory, chain, pricing):
+    for table in (server, cache, directory, chain, pricing, watch, webhooks):
         table.reject_unknown()
     if not _CURRENCY.fullmatch(settings.base_currency):
         raise ConfigError("pricing.base_currency", "must be a 3-letter ISO 4217 code like USD")
@@ -248,6 +277,33 @@ def _check_certificates(path: Path, key: str) -> None:
         raise ConfigError(key, f"{path}: not a PEM certificate file") from exc
 
 
+def _webhooks(table: _Table) -> WebhookSettings:
+    hosts = table.optional("allow_http_hosts", list, [])
+    for i, host in enumerate(hosts):
+        if not isinstance(host, str) or not host or "/" in host or ":" in host:
+            raise ConfigError(f"{table.key('allow_http_hosts')}[{i}]", "must be a host name")
+    schedule = table.optional("retry_schedule_seconds", list, [5, 30, 120, 600, 3600])
+    for i, delay in enumerate(schedule):
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not (0 < delay <= 86400 and math.isfinite(delay))
+        ):
+            raise ConfigError(
+                f"{table.key('retry_schedule_seconds')}[{i}]", "must be 0 < seconds <= 86400"
+            )
+    timeout = table.positive_number("timeout_seconds", 10.0)
+    if timeout > 10:
+        raise ConfigError(
+            table.key("timeout_seconds"), "must be at most 10 (the public docs' bound)"
+        )
+    return WebhookSettings(
+        allow_http_hosts=tuple(h.lower() for h in hosts),
+        timeout_seconds=timeout,
+        retry_schedule_seconds=tuple(float(d) for d in schedule),
+    )
+
+
 def _network(table: _Table, default_batch: int) -> NetworkSettings:
     name = table.required("name", str, "a string")
     if not _NETWORK_NAME.fullmatch(name):
@@ -271,6 +327,9 @@ def _network(table: _Table, default_batch: int) -> NetworkSettings:
             table.key("block_tag"), "set either confirmations or a block_tag, not both"
         )
     multicall3 = _address(table, "multicall3", None) or CANONICAL_MULTICALL3
+    ws_url = table.optional("ws_url", str, None)
+    if ws_url is not None:
+        _check_url(ws_url, table.key("ws_url"), schemes=("ws", "wss"))
     batch = table.optional("max_calls_per_batch", int, default_batch)
     if not 3 <= batch <= 1000:
         raise ConfigError(table.key("max_calls_per_batch"), "must be between 3 and 1000")
@@ -301,6 +360,7 @@ def _network(table: _Table, default_batch: int) -> NetworkSettings:
         multicall3=multicall3,
         max_calls_per_batch=batch,
         tokens=tokens,
+        ws_url=ws_url,
     )
 
 
@@ -352,13 +412,14 @@ def _address(table: _Table, name: str, default: str | None) -> str | None:
         raise ConfigError(table.key(name), str(exc)) from exc
 
 
-def _check_url(url: object, key: str) -> None:
+def _check_url(url: object, key: str, schemes: tuple[str, ...] = ("http", "https")) -> None:
     if not isinstance(url, str):
         raise ConfigError(key, "must be a string")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in schemes or not parts.hostname:
         # Never echo the URL: it may carry a provider key.
-        raise ConfigError(key, "must be an http:// or https:// URL with a host")
+        shown = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ConfigError(key, f"must be an {shown} URL with a host")
 
 
 def _check_listen(listen: str, key: str) -> None:

@@ -72,13 +72,24 @@ class ChainReader:
         self._has_multicall = code not in ("0x", "", None)
 
     async def snapshot(
-        self, addresses: Sequence[str], *, with_prices: bool, timeout: float
+        self,
+        addresses: Sequence[str],
+        *,
+        with_prices: bool,
+        timeout: float,
+        block_number: int | None = None,
     ) -> Snapshot:
-        """Balances of every configured token for ``addresses`` (and feed prices) at one block."""
+        """Balances of every configured token for ``addresses`` (and feed prices) at one block.
+
+        The block is the network's read block (tag, or head minus confirmations),
+        or ``block_number`` when a caller (the block follower) has chosen it.
+        """
         reads = self._plan(addresses, with_prices)
         try:
             async with asyncio.timeout(timeout):
-                block = await self._block_selector()
+                block = (
+                    hex(block_number) if block_number is not None else await self._block_selector()
+                )
                 if self._has_multicall:
                     number, timestamp, results = await self._read_multicall(reads, block)
                 else:
@@ -104,11 +115,23 @@ class ChainReader:
                     reads.append(_Read(token, None, Call(feed, DECIMALS), "feed decimals"))
         return reads
 
+    async def head_number(self) -> int:
+        """The node's latest block number."""
+        return int(await self._request("eth_blockNumber", []), 16)
+
+    async def block_header(self, tag_or_number: str | int) -> dict[str, Any]:
+        """``eth_getBlockByNumber`` without transactions (number, hash, parentHash, timestamp)."""
+        tag = hex(tag_or_number) if isinstance(tag_or_number, int) else tag_or_number
+        header = await self._request("eth_getBlockByNumber", [tag, False])
+        if not isinstance(header, dict):
+            raise ChainUnavailable(self.network.name, f"block {tag} is not available")
+        return header
+
     async def _block_selector(self) -> str:
         """The block tag or number every read of this snapshot is pinned to."""
         if self.network.confirmations == 0:
             return self.network.block_tag
-        head = int(await self._request("eth_blockNumber", []), 16)
+        head = await self.head_number()
         return hex(max(head - self.network.confirmations, 0))
 
     async def _read_multicall(
