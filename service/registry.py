@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime
+from datetime import UTC, datetime
 
 from service.addresses import parse_address
 from service.directory.base import WalletCursor, WalletDirectory
@@ -21,6 +21,10 @@ __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "WalletPage", "WalletRegistry"]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+
+# A token holds a customer ID and a wallet ID (at most 68 characters each) and a
+# timestamp: under 300 characters of base64.  Anything longer was not made here.
+_MAX_TOKEN_CHARS = 512
 
 WalletPage = tuple[list[Wallet], str]
 Forget = Callable[[str, str], Awaitable[None]]
@@ -85,13 +89,35 @@ def _encode_token(customer_id: str, last: Wallet) -> str:
 
 
 def _decode_token(token: str, customer_id: str) -> WalletCursor:
+    """The cursor in ``token``; any token this service did not make is INVALID_ARGUMENT.
+
+    Tokens this service makes are a few hundred characters at most, so a longer
+    one is refused before it is parsed: deeply nested JSON would otherwise
+    recurse in the C JSON parser, and with the recursion limit that py_ecc
+    (imported by web3) raises to 100000, overflow the C stack and crash the
+    process.  A forged time whose conversion to UTC leaves datetime's range
+    (OverflowError) is caught here too, not left to surface as INTERNAL.
+    """
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise InvalidArgument("page_token is invalid")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
-        cursor = WalletCursor(datetime.fromisoformat(payload["t"]), parse_wallet_id(payload["w"]))
+        created_at = datetime.fromisoformat(payload["t"])
+        if created_at.tzinfo is None:
+            raise ValueError("naive time")
+        cursor = WalletCursor(created_at.astimezone(UTC), parse_wallet_id(payload["w"]))
         same_customer = payload["c"] == customer_id
-    except (binascii.Error, ValueError, TypeError, KeyError, InvalidArgument):
+    except (
+        binascii.Error,
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+        InvalidArgument,
+    ):
         raise InvalidArgument("page_token is invalid") from None
-    if not same_customer or cursor.created_at.tzinfo is None:
+    if not same_customer:
         raise InvalidArgument("page_token is invalid")
     return cursor

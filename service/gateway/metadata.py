@@ -33,7 +33,11 @@ def request_metadata(
     metadata: list[tuple[str, str]] = []
     for name, value in headers.items():
         lower = name.lower()
-        if lower in ("x-api-key", "authorization"):
+        if lower == "x-api-key":
+            # A key that cannot be metadata is just a wrong key: sent as "", it gets
+            # the server's one UNAUTHENTICATED answer (401), not a 400 saying why.
+            metadata.append((lower, value if _is_printable_ascii(value) else ""))
+        elif lower == "authorization":
             metadata.append((lower, _ascii(value, name)))
         elif lower.startswith(_METADATA_PREFIX):
             key = lower[len(_METADATA_PREFIX) :]
@@ -76,8 +80,12 @@ def response_headers(*metadata: Iterable[Any]) -> dict[str, str]:
     return headers
 
 
+def _is_printable_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
 def _ascii(value: str, header: str) -> str:
-    if not value.isascii() or not value.isprintable():
+    if not _is_printable_ascii(value):
         raise GatewayError(
             grpc.StatusCode.INVALID_ARGUMENT, f"header {header} must be printable ASCII"
         )
