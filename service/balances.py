@@ -118,6 +118,30 @@ class BalanceQueries:
         for with_prices in (False, True):
             await self._cache.delete(_cache_key(network, [address], with_prices))
 
+    async def remember_address(self, snapshot: Snapshot, address: str) -> None:
+        """Cache ``address``'s balances from a snapshot read elsewhere (the block follower).
+
+        Stored under the key a wallet query of that one address reads, so
+        ``GetWalletBalance`` answers with exactly what a watch just announced,
+        without an upstream call.  A newer cached read is never replaced.
+        """
+        key = _cache_key(snapshot.network, [address], False)
+        cached = await self._cache.get(key)
+        if cached is not None and cached.block_number > snapshot.block_number:
+            return
+        single = Snapshot(
+            snapshot.network,
+            snapshot.block_number,
+            snapshot.block_timestamp,
+            {address: dict(snapshot.balances[address])},
+            {},
+        )
+        await self._cache.set(key, single)
+
+    def wallet_balance_at(self, wallet: Wallet, snapshot: Snapshot) -> WalletBalance:
+        """``wallet``'s balances as held in ``snapshot`` (which must include its address)."""
+        return self._wallet_balance(wallet, snapshot)
+
     def _wallet_balance(self, wallet: Wallet, snapshot: Snapshot) -> WalletBalance:
         held = snapshot.balances[wallet.address]
         return WalletBalance(
@@ -167,6 +191,10 @@ class BalanceQueries:
         if cached is not None:
             return cached
         snapshot = await source.snapshot(addresses, with_prices=with_prices, timeout=timeout)
+        # The block follower may have stored a newer read meanwhile: keep that one.
+        newer = await self._cache.get(key)
+        if newer is not None and newer.block_number > snapshot.block_number:
+            return newer
         await self._cache.set(key, snapshot)
         return snapshot
 

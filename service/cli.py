@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from service.config import CONFIG_ENV_VAR, Settings, load_settings
 from service.domain import DEFAULT_TENANT, parse_tenant
-from service.errors import BalancesError, ConfigError, ImportRejected
+from service.errors import BalancesError, ConfigError, ImportRejected, InvalidArgument
 from service.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -92,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_option(migrate)
     migrate.set_defaults(run=_migrate)
+
+    webhooks = commands.add_parser("webhooks", help="manage balance.updated webhook events")
+    webhook_commands = webhooks.add_subparsers(required=True, metavar="COMMAND")
+    replay = webhook_commands.add_parser(
+        "replay",
+        help="queue delivered and failed events created since a time for delivery again"
+        " (same webhook-id); a running server sends them within seconds",
+    )
+    replay.add_argument(
+        "--since", required=True, metavar="ISO8601", help="e.g. 2024-01-15T10:30:00Z"
+    )
+    replay.add_argument("--tenant", default=None, help="only this tenant's events (default: all)")
+    _config_option(replay)
+    replay.set_defaults(run=_replay_webhooks)
 
     gateway = commands.add_parser(
         "gateway", help="run only the REST shim, proxying to a gRPC server (a sidecar)"
@@ -236,6 +250,34 @@ def _migrate(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_directory(settings, run))
+
+
+def _replay_webhooks(args: argparse.Namespace) -> int:
+    from service.webhooks.manage import WebhookManagement
+
+    tenant = None if args.tenant is None else parse_tenant(args.tenant)
+    since = _parse_since(args.since)
+    settings = _settings(args)
+
+    async def run(directory: SqliteWalletDirectory) -> int:
+        count = await WebhookManagement(directory, settings.webhooks).replay(tenant, since)
+        whose = "" if tenant is None else f" of tenant {tenant}"
+        print(f"requeued {count} webhook events{whose} created since {_shown_time(since)}")
+        return 0
+
+    return asyncio.run(_with_directory(settings, run))
+
+
+def _parse_since(text: str) -> datetime:
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"--since {text[:40]!r} is not an ISO 8601 time like 2024-01-15T10:30:00Z"
+        ) from None
+    if since.tzinfo is None:
+        raise InvalidArgument("--since needs a time zone, e.g. 2024-01-15T10:30:00Z")
+    return since
 
 
 async def _with_directory(

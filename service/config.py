@@ -30,9 +30,9 @@ __all__ = [
     "NetworkSettings",
     "RestSettings",
     "Settings",
+    "TlsSettings",
     "WatchSettings",
     "WebhookSettings",
-    "TlsSettings",
     "load_settings",
     "parse_settings",
 ]

@@ -30,6 +30,13 @@ from service.gateway.app import GatewayLimits
 from service.gateway.serve import RunningGateway, start_gateway
 from service.registry import WalletRegistry
 from service.tls import PrivateSocket, grpc_server_credentials, rest_ssl_context
+from service.watch.cache_refresh import CacheRefresh
+from service.watch.events import ChangeListener, WatchedSource
+from service.watch.follower import BlockFollower
+from service.watch.hub import WatchHub
+from service.watch.watches import BalanceWatches
+from service.webhooks.wiring import SERVICE_DESCRIPTOR as WEBHOOKS_SERVICE
+from service.webhooks.wiring import WebhookComponents, build_webhooks
 
 __all__ = [
     "API_SERVICES",
@@ -46,6 +53,7 @@ log = logging.getLogger(__name__)
 API_SERVICES = (
     balances_pb2.DESCRIPTOR.services_by_name["BalancesService"],
     wallets_pb2.DESCRIPTOR.services_by_name["WalletsService"],
+    WEBHOOKS_SERVICE,
 )
 
 
@@ -67,8 +75,43 @@ class Components:
     cache: MemorySnapshotCache
     queries: BalanceQueries
     registry: WalletRegistry
+    hub: WatchHub  # watch subscriptions; a ChangeListener and WatchedSource of every follower
+    watches: BalanceWatches  # the watch use cases behind the streaming RPCs
+    followers: dict[str, BlockFollower]  # one per network; started by ``start_watching``
+    webhooks: WebhookComponents  # config RPCs, the outbox emitter and the delivery worker
+
+    def add_watch(
+        self, *, listener: ChangeListener | None = None, source: WatchedSource | None = None
+    ) -> None:
+        """Plug another consumer (the webhook emitter) into every network's follower.
+
+        Listeners are called after the cache refresh and the hub, in the order added.
+        """
+        for follower in self.followers.values():
+            if listener is not None:
+                follower.add_listener(listener)
+            if source is not None:
+                follower.add_source(source)
+
+    def start_watching(self) -> None:
+        """Start every block follower (idempotent)."""
+        for follower in self.followers.values():
+            follower.start()
+
+    async def start(self) -> None:
+        """Start the background work: block followers and webhook delivery."""
+        self.start_watching()
+        await self.webhooks.delivery.start()
+
+    def stop_watches(self) -> None:
+        """End every open watch stream normally (shutdown starts); new ones end at once."""
+        self.hub.close()
 
     async def aclose(self) -> None:
+        self.hub.close()
+        for follower in self.followers.values():
+            await follower.aclose()
+        await self.webhooks.delivery.aclose()
         for client in self.rpc_clients:
             await client.aclose()
         await self.cache.aclose()
@@ -104,12 +147,53 @@ async def build_components(settings: Settings) -> Components:
         base_currency_digits=settings.base_currency_digits,
         read_timeout=settings.rpc_timeout_seconds,
     )
-    registry = WalletRegistry(
-        directory, [n.name for n in settings.networks], queries.forget_address
+    hub = WatchHub(queries.wallet_balance_at, directory.get_wallet)
+
+    async def forget_wallet(network: str, address: str) -> None:
+        await queries.forget_address(network, address)
+        await hub.address_released(network, address)  # ends watches of a deleted wallet
+
+    registry = WalletRegistry(directory, [n.name for n in settings.networks], forget_wallet)
+    followers = {
+        n.name: _follower(settings, n.name, readers[n.name], queries, hub)
+        for n in settings.networks
+    }
+    components = Components(
+        settings,
+        directory,
+        directory,
+        rpc_clients,
+        readers,
+        cache,
+        queries,
+        registry,
+        hub,
+        BalanceWatches(directory, queries, hub),
+        followers,
+        build_webhooks(settings, directory),
     )
-    return Components(
-        settings, directory, directory, rpc_clients, readers, cache, queries, registry
+    emitter = components.webhooks.emitter
+    components.add_watch(listener=emitter, source=emitter)
+    return components
+
+
+def _follower(
+    settings: Settings, network: str, reader: ChainReader, queries: BalanceQueries, hub: WatchHub
+) -> BlockFollower:
+    """A network's follower: the cache refresh first, then the hub (more via ``add_watch``)."""
+    follower = BlockFollower(
+        reader.network,
+        reader,
+        poll_interval=settings.watch.poll_interval_seconds,
+        read_timeout=settings.rpc_timeout_seconds,
     )
+    refresh = CacheRefresh(queries)
+    follower.add_baseline_listener(refresh)
+    follower.add_baseline_listener(hub)
+    follower.add_listener(refresh)
+    follower.add_listener(hub)
+    follower.add_source(hub)
+    return follower
 
 
 async def _prepare_all(readers: list[ChainReader]) -> None:
@@ -145,11 +229,15 @@ def create_server(
         interceptors=[ErrorInterceptor(), AuthInterceptor(Authenticator(components.keys))]
     )
     balances_pb2_grpc.add_BalancesServiceServicer_to_server(
-        BalancesServicer(components.queries, components.settings.base_currency_digits), server
+        BalancesServicer(
+            components.queries, components.settings.base_currency_digits, components.watches
+        ),
+        server,
     )
     wallets_pb2_grpc.add_WalletsServiceServicer_to_server(
         WalletsServicer(components.registry), server
     )
+    components.webhooks.add_to_server(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -193,6 +281,7 @@ async def serve(
             components, settings.listen, tls=settings.tls, private_socket=private_socket
         )
         await server.start()
+        await components.start()
         for service in ("", *(s.full_name for s in API_SERVICES)):
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving gRPC on port %d%s", port, _tls_note(settings.tls))
@@ -217,6 +306,8 @@ async def serve(
         await stop.wait()
         log.info("stopping: NOT_SERVING, draining for up to %gs", settings.grace_period_seconds)
         await health.enter_graceful_shutdown()
+        # Watch streams would hold the grace period: end them (normally) first.
+        components.stop_watches()
         if gateway is not None:
             # REST first: its in-flight requests still need the gRPC server.
             await gateway.aclose()

@@ -26,27 +26,40 @@ from service.server import Components, build_components, create_server
 from tests.rpc_proxy import CountingProxy
 
 
-class ApiKeyInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Adds ``x-api-key`` to every call on a channel, as an authenticated client would."""
+def _with_key(details: aio.ClientCallDetails, api_key: str) -> aio.ClientCallDetails:
+    metadata = [*(details.metadata or ()), ("x-api-key", api_key)]
+    return aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# grpc.aio picks an interceptor's kind by its base class, and takes only one kind
+# per instance: unary and streaming calls need one class each.
+class UnaryApiKeyInterceptor(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds ``x-api-key`` to every unary call, as an authenticated client would."""
 
     def __init__(self, api_key: str) -> None:
         self._api_key = api_key
 
-    def _with_key(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
-        metadata = [*(details.metadata or ()), ("x-api-key", self._api_key)]
-        return aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._with_key(details), request)
+        return await continuation(_with_key(details, self._api_key), request)
+
+
+class StreamApiKeyInterceptor(aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds ``x-api-key`` to every server-streaming call."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._with_key(details), request)
+        return await continuation(_with_key(details, self._api_key), request)
 
 
 def keyed_channel(target: str, api_key: str) -> aio.Channel:
-    return aio.insecure_channel(target, interceptors=[ApiKeyInterceptor(api_key)])
+    return aio.insecure_channel(
+        target,
+        interceptors=[UnaryApiKeyInterceptor(api_key), StreamApiKeyInterceptor(api_key)],
+    )
 
 
 @dataclass

@@ -8,6 +8,7 @@ which the gateway routes from its annotations with no gateway change.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,6 +372,14 @@ async def test_every_balances_route_answers_json_that_conforms_to_openapi(
         ("/v1/customers/{customerId}/balances", "/v1/customers/cus_alice/balances", 200),
         ("/v1/customers/{customerId}/balances", "/v1/customers/cus_bob/balances", 200),
         ("/v1/customers/{customerId}/balances", "/v1/customers/cus_nobody/balances", 404),
+        # Watch streams failing before their first message answer an ordinary error.
+        ("/v1/wallets/{walletId}/balance:watch", "/v1/wallets/wal_nobody/balance:watch", 404),
+        ("/v1/wallets/{walletId}/balance:watch", "/v1/wallets/bad/balance:watch", 400),
+        ("/v1/customers/{customerId}/balances:watch", "/v1/customers/cus_x/balances:watch", 404),
+    ]
+    streams = [
+        ("/v1/wallets/{walletId}/balance:watch", "/v1/wallets/wal_alice_polygon/balance:watch"),
+        ("/v1/customers/{customerId}/balances:watch", "/v1/customers/cus_alice/balances:watch"),
     ]
     assert {template for template, _, _ in cases} == set(document["paths"])
     for template, path, expected in cases:
@@ -378,3 +387,12 @@ async def test_every_balances_route_answers_json_that_conforms_to_openapi(
         assert status == expected, path
         schema = (ok_schema if status == 200 else error_schema)(document, template)
         assert_valid(document, schema, body)
+    for template, path in streams:  # newline-delimited JSON: each line is a stream result
+        async with balances_gateway.http.get(
+            balances_gateway.base + path, headers=balances_gateway.default_headers
+        ) as response:
+            assert response.status == 200, path
+            line = await asyncio.wait_for(response.content.readline(), 5)
+            body = json.loads(line)
+            assert set(body) == {"result"} and body["result"]["initial"] is True
+            assert_valid(document, ok_schema(document, template), body)

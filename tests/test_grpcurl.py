@@ -84,6 +84,7 @@ async def test_list_shows_the_services_through_reflection(stack: Stack) -> None:
     assert set(out.split()) == {
         SERVICE,
         "balances.v1.WalletsService",
+        "balances.v1.WebhooksService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

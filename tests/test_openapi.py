@@ -78,7 +78,17 @@ def test_balances_document_is_valid_openapi_3() -> None:
 
 def test_balances_document_has_both_paths_with_their_path_parameter() -> None:
     document = balances_document()
-    assert set(document["paths"]) == {WALLET_PATH, CUSTOMER_PATH}
+    watch_paths = {WALLET_PATH + ":watch", CUSTOMER_PATH + ":watch"}
+    assert set(document["paths"]) == {WALLET_PATH, CUSTOMER_PATH, *watch_paths}
+    # Server-streaming: each newline-delimited object holds a result or an error.
+    assert ok_schema(document, WALLET_PATH + ":watch") == {
+        "type": "object",
+        "title": "Stream result of balances.v1.WatchWalletBalanceResponse",
+        "properties": {
+            "result": component("balances.v1.WatchWalletBalanceResponse"),
+            "error": component("google.rpc.Status"),
+        },
+    }
     wallet = document["paths"][WALLET_PATH]
     customer = document["paths"][CUSTOMER_PATH]
     assert set(wallet) == set(customer) == {"get"}

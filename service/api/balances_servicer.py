@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import balances_pb2_grpc
-from service.api.convert import customer_balances_response, wallet_balance_response
+from service.api.convert import (
+    customer_balances_response,
+    customer_watch_response,
+    wallet_balance_response,
+    wallet_watch_response,
+)
 from service.api.tenancy import caller_tenant
 from service.balances import BalanceQueries
+from service.watch.watches import BalanceWatches
 
 __all__ = ["BalancesServicer"]
 
 
 class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
-    def __init__(self, queries: BalanceQueries, currency_digits: int) -> None:
+    def __init__(
+        self,
+        queries: BalanceQueries,
+        currency_digits: int,
+        watches: BalanceWatches | None = None,
+    ) -> None:
         self._queries = queries
         self._currency_digits = currency_digits
+        self._watches = watches
 
     async def GetWalletBalance(
         self, request: pb.GetWalletBalanceRequest, context: aio.ServicerContext[Any, Any]
@@ -35,3 +50,26 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
             caller_tenant(), request.customer_id, context.time_remaining()
         )
         return customer_balances_response(balances, self._currency_digits)
+
+    async def WatchWalletBalance(
+        self, request: pb.WatchWalletBalanceRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchWalletBalanceResponse]:
+        watches = await self._watching(context)
+        async with aclosing(watches.watch_wallet(caller_tenant(), request.wallet_id)) as updates:
+            async for update in updates:
+                yield wallet_watch_response(update)
+
+    async def WatchCustomerBalances(
+        self, request: pb.WatchCustomerBalancesRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchCustomerBalancesResponse]:
+        watches = await self._watching(context)
+        tenant = caller_tenant()
+        async with aclosing(watches.watch_customer(tenant, request.customer_id)) as updates:
+            async for update in updates:
+                yield customer_watch_response(update, self._currency_digits)
+
+    async def _watching(self, context: aio.ServicerContext[Any, Any]) -> BalanceWatches:
+        if self._watches is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watching is not enabled")
+        assert self._watches is not None
+        return self._watches

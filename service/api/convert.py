@@ -8,8 +8,16 @@ from balances.v1 import balances_pb2 as pb
 from balances.v1 import wallets_pb2 as wallets_pb
 from service.domain import CustomerBalances, TokenAmount, Wallet, WalletBalance
 from service.money import format_amount, format_fraction
+from service.watch.hub import AmountChange, WalletUpdate, WatchUpdate
+from service.watch.watches import CustomerWatchUpdate
 
-__all__ = ["customer_balances_response", "wallet_balance_response", "wallet_message"]
+__all__ = [
+    "customer_balances_response",
+    "customer_watch_response",
+    "wallet_balance_response",
+    "wallet_message",
+    "wallet_watch_response",
+]
 
 
 def wallet_balance_response(balance: WalletBalance) -> pb.GetWalletBalanceResponse:
@@ -42,6 +50,64 @@ def customer_balances_response(
             )
             for w in balances.wallets
         ],
+    )
+
+
+def wallet_watch_response(update: WatchUpdate) -> pb.WatchWalletBalanceResponse:
+    (wallet,) = update.wallets  # a wallet watch carries its one wallet
+    balance = wallet.balance
+    return pb.WatchWalletBalanceResponse(
+        wallet_id=balance.wallet.wallet_id,
+        network=balance.wallet.network,
+        balances=[_token_balance(a) for a in balance.amounts],
+        last_updated=Timestamp(seconds=balance.block_timestamp),
+        block_number=balance.block_number,
+        block_hash=wallet.block_hash,
+        changes=[_change(c) for c in wallet.changes],
+        coalesced_updates=update.coalesced_updates,
+        initial=update.initial,
+    )
+
+
+def customer_watch_response(
+    message: CustomerWatchUpdate, currency_digits: int
+) -> pb.WatchCustomerBalancesResponse:
+    response = pb.WatchCustomerBalancesResponse(
+        customer_id=message.customer_id,
+        wallets=[_watched_wallet(w) for w in message.update.wallets],
+        coalesced_updates=message.update.coalesced_updates,
+        initial=message.update.initial,
+    )
+    if message.total is not None:
+        response.total_balance.CopyFrom(
+            pb.Money(
+                amount=format_fraction(message.total, currency_digits),
+                currency=message.total_currency,
+            )
+        )
+    return response
+
+
+def _watched_wallet(update: WalletUpdate) -> pb.WatchedWallet:
+    balance = update.balance
+    return pb.WatchedWallet(
+        wallet_id=balance.wallet.wallet_id,
+        network=balance.wallet.network,
+        address=balance.wallet.address,
+        balances=[_token_balance(a) for a in balance.amounts],
+        last_updated=Timestamp(seconds=balance.block_timestamp),
+        block_number=balance.block_number,
+        block_hash=update.block_hash,
+        changes=[_change(c) for c in update.changes],
+    )
+
+
+def _change(change: AmountChange) -> pb.BalanceChange:
+    return pb.BalanceChange(
+        currency=change.symbol,
+        previous_amount=format_amount(change.previous, change.decimals),
+        amount=format_amount(change.current, change.decimals),
+        decimals=change.decimals,
     )
 
 

@@ -9,10 +9,11 @@ ID, and the full error is logged (through the redacting log filter).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -37,7 +38,11 @@ def request_id_of(context: aio.ServicerContext[Any, Any]) -> str:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps every unary-unary handler; streaming handlers pass through untouched."""
+    """Wraps every unary-unary and unary-stream handler.
+
+    A stream that fails, before its first message or after some, ends with
+    the same status a unary call would get for that error.
+    """
 
     async def intercept_service(
         self,
@@ -47,33 +52,83 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        behaviour = handler.unary_unary
         method = handler_call_details.method
+        if handler.unary_unary is not None:
+            behaviour = handler.unary_unary
 
-        async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            request_id = request_id_of(context)
-            context.set_trailing_metadata((("x-request-id", request_id),))
-            try:
-                return await behaviour(request, context)  # type: ignore[arg-type]
-            except BalancesError as exc:
-                log.info("%s [%s] %s: %s", method, request_id, type(exc).__name__, exc)
-                remaining = context.time_remaining()
-                code = status_for(exc, deadline_passed=remaining is not None and remaining <= 0)
-                await context.abort(code, str(exc), (("x-request-id", request_id),))
-            except aio.AbortError:
-                raise
-            except Exception:
-                log.exception("%s [%s] failed unexpectedly", method, request_id)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL,
-                    f"internal error (request id {request_id})",
-                    (("x-request-id", request_id),),
-                )
+            async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+                request_id = _start(context)
+                try:
+                    return await behaviour(request, context)  # type: ignore[arg-type]
+                except Exception as exc:
+                    await _abort(exc, context, method, request_id)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                guarded,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
+            handler.unary_stream
+        ):
+            # A streaming handler that writes with ``context.write`` (health's Watch).
+            writer = handler.unary_stream
+
+            async def writer_guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+                request_id = _start(context)
+                try:
+                    await writer(request, context)  # type: ignore[arg-type, misc]
+                except Exception as exc:
+                    await _abort(exc, context, method, request_id)
+
+            return grpc.unary_stream_rpc_method_handler(
+                writer_guarded,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def stream_guarded(
+                request: Any, context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                request_id = _start(context)
+                try:
+                    async for item in stream(request, context):  # type: ignore[arg-type]
+                        yield item
+                except Exception as exc:
+                    await _abort(exc, context, method, request_id)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream_guarded,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _start(context: aio.ServicerContext[Any, Any]) -> str:
+    request_id = request_id_of(context)
+    context.set_trailing_metadata((("x-request-id", request_id),))
+    return request_id
+
+
+async def _abort(
+    exc: Exception, context: aio.ServicerContext[Any, Any], method: str, request_id: str
+) -> None:
+    """End the call with the status for ``exc`` (AbortError: already ended, passed on)."""
+    if isinstance(exc, aio.AbortError):
+        raise exc
+    if isinstance(exc, BalancesError):
+        log.info("%s [%s] %s: %s", method, request_id, type(exc).__name__, exc)
+        remaining = context.time_remaining()
+        code = status_for(exc, deadline_passed=remaining is not None and remaining <= 0)
+        await context.abort(code, str(exc), (("x-request-id", request_id),))
+    log.exception("%s [%s] failed unexpectedly", method, request_id, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error (request id {request_id})",
+        (("x-request-id", request_id),),
+    )

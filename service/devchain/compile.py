@@ -29,7 +29,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
-CONTRACT_NAMES = ("Multicall3", "PriceFeed", "Token")
+CONTRACT_NAMES = ("Multicall3", "PriceFeed", "RebasingToken", "Token")
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 MULTICALL3_MAX_CALLS = 1024

@@ -25,14 +25,17 @@ __all__ = [
     "TransactionFailedError",
     "burn",
     "deploy_price_feed",
+    "deploy_rebasing_token",
     "deploy_token",
     "dev_account",
     "mine",
     "mint",
+    "mint_shares",
     "place_multicall3",
     "set_feed_answer",
     "set_feed_round",
     "set_native_balance",
+    "set_rebase_index",
     "transfer",
 ]
 
@@ -93,6 +96,25 @@ async def place_multicall3(url: str, address: str = CANONICAL_MULTICALL3) -> str
 async def deploy_token(url: str, name: str, symbol: str, decimals: int) -> str:
     """Deploy a Token.vy ERC-20 owned by dev account 0; return its address."""
     return await _deploy(url, "Token", ["string", "string", "uint8"], [name, symbol, decimals])
+
+
+async def deploy_rebasing_token(url: str, name: str, symbol: str, decimals: int) -> str:
+    """Deploy a RebasingToken.vy (index 1e18) owned by dev account 0; return its address."""
+    return await _deploy(
+        url, "RebasingToken", ["string", "string", "uint8"], [name, symbol, decimals]
+    )
+
+
+async def mint_shares(url: str, token: str, to: str, shares: int) -> None:
+    """Mint ``shares`` of a rebasing ``token`` to ``to`` (balance = shares * index / 1e18)."""
+    data = _calldata("mintShares(address,uint256)", ["address", "uint256"], [to, shares])
+    await _send(url, {"to": token, "data": data})
+
+
+async def set_rebase_index(url: str, token: str, index: int) -> None:
+    """Set a rebasing token's index (1e18 = 1.0): every balance moves, no Transfer event."""
+    data = _calldata("setIndex(uint256)", ["uint256"], [index])
+    await _send(url, {"to": token, "data": data})
 
 
 async def mint(url: str, token: str, to: str, amount: int) -> None:

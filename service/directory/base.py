@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from service.addresses import parse_address
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
@@ -15,9 +15,16 @@ from service.errors import InvalidArgument
 __all__ = [
     "ApiKeyRecord",
     "ApiKeyStore",
+    "DueWebhookEvent",
+    "NewWebhookEvent",
     "WalletCursor",
     "WalletDirectory",
     "WalletRow",
+    "WebhookConfig",
+    "WebhookConfigChange",
+    "WebhookEventRecord",
+    "WebhookEventStatus",
+    "WebhookStore",
     "new_wallet_id",
 ]
 
@@ -150,4 +157,158 @@ class ApiKeyStore(Protocol):
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
         """Every key (of ``tenant`` when given), ordered by (tenant, created_at)."""
+        ...
+
+
+WebhookEventStatus = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Where a tenant's webhooks go.  ``secret`` is the ``whsec_`` signing secret."""
+
+    tenant: str
+    url: str
+    events: tuple[str, ...]
+    secret: str = field(repr=False)
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class WebhookConfigChange:
+    """The outcome of ``save_webhook_config``: the config as stored, and what happened."""
+
+    config: WebhookConfig
+    created: bool
+    secret_changed: bool  # created, or rotated: the caller shows ``config.secret`` once
+
+
+@dataclass(frozen=True)
+class NewWebhookEvent:
+    """One event to put in the outbox; ``payload`` is the exact body that will be signed."""
+
+    event_id: str
+    tenant: str
+    wallet_id: str
+    event_type: str
+    network: str
+    currency: str
+    block_number: int
+    block_hash: str
+    payload: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DueWebhookEvent:
+    """An outbox event ready to be sent now, with its tenant's current URL and secret."""
+
+    event_id: str
+    tenant: str
+    wallet_id: str
+    payload: str
+    attempts: int  # sends already tried
+    url: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WebhookEventRecord:
+    """An outbox event as stored (for inspection and tests)."""
+
+    event_id: str
+    tenant: str
+    wallet_id: str
+    event_type: str
+    currency: str
+    block_number: int
+    block_hash: str
+    payload: str
+    created_at: datetime
+    status: WebhookEventStatus
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class WebhookStore(Protocol):
+    """Webhook configs per tenant and the durable outbox of events to deliver.
+
+    Outbox order is insertion order; one wallet's events are delivered in that
+    order: an event is *due* only when no earlier event of its wallet is pending.
+    """
+
+    async def webhook_config(self, tenant: str) -> WebhookConfig | None:
+        """The tenant's config, or None when it has none."""
+        ...
+
+    async def save_webhook_config(
+        self,
+        tenant: str,
+        *,
+        url: str | None,
+        events: tuple[str, ...] | None,
+        new_secret: str,
+        rotate_secret: bool,
+    ) -> WebhookConfigChange:
+        """Create or update the tenant's config in one transaction.
+
+        ``None`` keeps a field.  ``new_secret`` is stored when the config is
+        created or ``rotate_secret`` is true.  Creating needs ``url`` and
+        ``events`` (``InvalidArgument`` otherwise).
+        """
+        ...
+
+    async def webhook_subscribers(
+        self, network: str, event_type: str, addresses: Collection[str] | None = None
+    ) -> list[Wallet]:
+        """Wallets on ``network`` (only at ``addresses`` when given) of every tenant
+        whose config subscribes to ``event_type``: one query."""
+        ...
+
+    async def enqueue_webhook_events(self, events: Sequence[NewWebhookEvent]) -> int:
+        """Store ``events`` as pending, all in one transaction; return how many are new.
+
+        An event for a (wallet, currency, block hash) already in the outbox is skipped.
+        """
+        ...
+
+    async def due_webhook_events(
+        self, now: datetime, limit: int, exclude_wallets: Collection[str] = ()
+    ) -> list[DueWebhookEvent]:
+        """Up to ``limit`` pending events whose time has come, each the earliest
+        pending event of its wallet, oldest first; none of ``exclude_wallets``."""
+        ...
+
+    async def next_webhook_attempt_at(
+        self, exclude_wallets: Collection[str] = ()
+    ) -> datetime | None:
+        """When the next event (of the kind ``due_webhook_events`` returns) is due."""
+        ...
+
+    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
+        """Record a successful send (counts an attempt)."""
+        ...
+
+    async def mark_webhook_retry(
+        self, event_id: str, error: str, next_attempt_at: datetime
+    ) -> None:
+        """Record a failed send and when to try again (counts an attempt)."""
+        ...
+
+    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
+        """Record the last failed send: the event is given up (counts an attempt)."""
+        ...
+
+    async def requeue_webhook_events(
+        self, tenant: str | None, since: datetime, now: datetime
+    ) -> int:
+        """Delivered and failed events created at or after ``since`` (of ``tenant``
+        when given) become pending again with no attempts; return how many."""
+        ...
+
+    async def webhook_events(self, tenant: str | None = None) -> list[WebhookEventRecord]:
+        """Every outbox event (of ``tenant`` when given), in outbox order."""
         ...

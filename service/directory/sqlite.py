@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from service.directory.base import ApiKeyRecord, WalletCursor, WalletRow, new_wallet_id
+from service.directory.base import (
+    ApiKeyRecord,
+    DueWebhookEvent,
+    NewWebhookEvent,
+    WalletCursor,
+    WalletRow,
+    WebhookConfig,
+    WebhookConfigChange,
+    WebhookEventRecord,
+    new_wallet_id,
+)
 from service.directory.rules import existing_wallet_for
 from service.directory.sqlite_schema import migrate, schema_version
 from service.domain import Wallet, parse_customer_id, parse_tenant, parse_wallet_id
-from service.errors import AlreadyExists, CustomerNotFound, NotFound, WalletNotFound
+from service.errors import (
+    AlreadyExists,
+    CustomerNotFound,
+    InvalidArgument,
+    NotFound,
+    WalletNotFound,
+)
 
 if TYPE_CHECKING:
-    from service.directory.base import ApiKeyStore, WalletDirectory
+    from service.directory.base import ApiKeyStore, WalletDirectory, WebhookStore
 
 __all__ = ["SqliteWalletDirectory"]
 
@@ -44,7 +61,8 @@ def _utc_now() -> datetime:
 
 
 class SqliteWalletDirectory:
-    """``WalletDirectory`` and ``ApiKeyStore`` on one SQLite file (WAL, migrated at open).
+    """``WalletDirectory``, ``ApiKeyStore`` and ``WebhookStore`` on one SQLite file
+    (WAL, migrated at open).
 
     All SQLite calls run on a private single-thread executor, which both keeps
     them off the event loop and serialises use of the one connection (a
@@ -141,6 +159,94 @@ class SqliteWalletDirectory:
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
         return await self._run(_select_keys, tenant)
+
+    async def webhook_config(self, tenant: str) -> WebhookConfig | None:
+        return await self._run(_select_webhook_config, tenant)
+
+    async def save_webhook_config(
+        self,
+        tenant: str,
+        *,
+        url: str | None,
+        events: tuple[str, ...] | None,
+        new_secret: str,
+        rotate_secret: bool,
+    ) -> WebhookConfigChange:
+        parse_tenant(tenant)
+        now = self._clock().astimezone(UTC)
+        change = await self._run(
+            _write, _save_webhook_config, tenant, url, events, new_secret, rotate_secret, now
+        )
+        if change.created:
+            _log.info("created the webhook config of tenant %s", tenant)
+        elif change.secret_changed:
+            _log.info("rotated the webhook secret of tenant %s", tenant)
+        return change
+
+    async def webhook_subscribers(
+        self, network: str, event_type: str, addresses: Collection[str] | None = None
+    ) -> list[Wallet]:
+        return await self._run(
+            _select_webhook_subscribers,
+            network,
+            event_type,
+            None if addresses is None else sorted(set(addresses)),
+        )
+
+    async def enqueue_webhook_events(self, events: Sequence[NewWebhookEvent]) -> int:
+        if not events:
+            return 0
+        return await self._run(_write, _insert_webhook_events, list(events))
+
+    async def due_webhook_events(
+        self, now: datetime, limit: int, exclude_wallets: Collection[str] = ()
+    ) -> list[DueWebhookEvent]:
+        if limit < 1:
+            return []
+        return await self._run(_select_due_events, now, limit, sorted(exclude_wallets))
+
+    async def next_webhook_attempt_at(
+        self, exclude_wallets: Collection[str] = ()
+    ) -> datetime | None:
+        return await self._run(_select_next_attempt_at, sorted(exclude_wallets))
+
+    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
+        await self._run(
+            _update_event,
+            event_id,
+            "status = 'delivered', attempts = attempts + 1, last_error = NULL, delivered_at = ?",
+            (_timestamp(now),),
+        )
+
+    async def mark_webhook_retry(
+        self, event_id: str, error: str, next_attempt_at: datetime
+    ) -> None:
+        await self._run(
+            _update_event,
+            event_id,
+            "attempts = attempts + 1, last_error = ?, next_attempt_at = ?",
+            (error, _timestamp(next_attempt_at)),
+        )
+
+    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
+        await self._run(
+            _update_event,
+            event_id,
+            "status = 'failed', attempts = attempts + 1, last_error = ?",
+            (error,),
+        )
+
+    async def requeue_webhook_events(
+        self, tenant: str | None, since: datetime, now: datetime
+    ) -> int:
+        count = await self._run(_write, _requeue_events, tenant, since, now)
+        _log.info(
+            "requeued %d webhook events%s", count, "" if tenant is None else f" of tenant {tenant}"
+        )
+        return count
+
+    async def webhook_events(self, tenant: str | None = None) -> list[WebhookEventRecord]:
+        return await self._run(_select_webhook_events, tenant)
 
     async def schema_version(self) -> int:
         """The schema version of the open database (migrated at open)."""
@@ -409,6 +515,234 @@ def _wallet(row: tuple[Any, ...]) -> Wallet:
     )
 
 
+# ---------------------------------------------------------------- webhooks
+
+_SELECT_CONFIG = "SELECT tenant, url, events, secret, created_at, updated_at FROM webhook_configs"
+_SELECT_EVENT = (
+    "SELECT event_id, tenant, wallet_id, event_type, currency, block_number, block_hash,"
+    " payload, created_at, status, attempts, next_attempt_at, last_error, delivered_at"
+    " FROM webhook_outbox"
+)
+_MAX_IN_LIST = 500  # addresses per ``IN (...)`` list
+# Pending events that are the earliest pending event of their wallet.
+_PENDING_HEADS = (
+    " FROM webhook_outbox o JOIN webhook_configs c ON c.tenant = o.tenant"
+    " WHERE o.status = 'pending'"
+    " AND NOT EXISTS (SELECT 1 FROM webhook_outbox e WHERE e.wallet_id = o.wallet_id"
+    " AND e.status = 'pending' AND e.seq < o.seq)"
+)
+
+
+def _select_webhook_config(connection: sqlite3.Connection, tenant: str) -> WebhookConfig | None:
+    row = connection.execute(_SELECT_CONFIG + " WHERE tenant = ?", (tenant,)).fetchone()
+    return None if row is None else _webhook_config(row)
+
+
+def _save_webhook_config(
+    connection: sqlite3.Connection,
+    tenant: str,
+    url: str | None,
+    events: tuple[str, ...] | None,
+    new_secret: str,
+    rotate_secret: bool,
+    now: datetime,
+) -> WebhookConfigChange:
+    """Inside the caller's ``BEGIN IMMEDIATE``: read, then insert or update."""
+    existing = _select_webhook_config(connection, tenant)
+    stamp = _timestamp(now)
+    if existing is None:
+        if url is None:
+            raise InvalidArgument("url is required to create the webhook configuration")
+        if not events:
+            raise InvalidArgument("events are required to create the webhook configuration")
+        connection.execute(
+            "INSERT INTO webhook_configs (tenant, url, events, secret, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (tenant, url, json.dumps(list(events)), new_secret, stamp, stamp),
+        )
+        created = True
+    else:
+        connection.execute(
+            "UPDATE webhook_configs SET url = ?, events = ?, secret = ?, updated_at = ?"
+            " WHERE tenant = ?",
+            (
+                existing.url if url is None else url,
+                json.dumps(list(existing.events if events is None else events)),
+                new_secret if rotate_secret else existing.secret,
+                stamp,
+                tenant,
+            ),
+        )
+        created = False
+    config = _select_webhook_config(connection, tenant)
+    assert config is not None
+    return WebhookConfigChange(config, created=created, secret_changed=created or rotate_secret)
+
+
+def _select_webhook_subscribers(
+    connection: sqlite3.Connection, network: str, event_type: str, addresses: list[str] | None
+) -> list[Wallet]:
+    query = (
+        "SELECT w.wallet_id, w.tenant, w.customer_id, w.network, w.address, w.created_at"
+        " FROM wallets w JOIN webhook_configs c ON c.tenant = w.tenant"
+        " WHERE w.network = ?"
+        " AND EXISTS (SELECT 1 FROM json_each(c.events) WHERE json_each.value = ?)"
+    )
+    if addresses is None:
+        rows = connection.execute(query + " ORDER BY w.wallet_id", (network, event_type))
+        return [_wallet(row) for row in rows.fetchall()]
+    wallets: list[Wallet] = []
+    for start in range(0, len(addresses), _MAX_IN_LIST):
+        chunk = addresses[start : start + _MAX_IN_LIST]
+        marks = ", ".join("?" * len(chunk))
+        rows = connection.execute(
+            query + f" AND w.address IN ({marks}) ORDER BY w.wallet_id",
+            (network, event_type, *chunk),
+        )
+        wallets += [_wallet(row) for row in rows.fetchall()]
+    return wallets
+
+
+def _insert_webhook_events(connection: sqlite3.Connection, events: list[NewWebhookEvent]) -> int:
+    """Inside the caller's ``BEGIN IMMEDIATE``: every event of one block at once."""
+    inserted = 0
+    for event in events:
+        stamp = _timestamp(event.created_at)
+        cursor = connection.execute(
+            "INSERT OR IGNORE INTO webhook_outbox (event_id, tenant, wallet_id, event_type,"
+            " network, currency, block_number, block_hash, payload, created_at, status,"
+            " attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?)",
+            (
+                event.event_id,
+                event.tenant,
+                event.wallet_id,
+                event.event_type,
+                event.network,
+                event.currency,
+                event.block_number,
+                event.block_hash,
+                event.payload,
+                stamp,
+                stamp,
+            ),
+        )
+        inserted += cursor.rowcount
+    return inserted
+
+
+def _excluding(exclude_wallets: list[str]) -> str:
+    if not exclude_wallets:
+        return ""
+    return f" AND o.wallet_id NOT IN ({', '.join('?' * len(exclude_wallets))})"
+
+
+def _select_due_events(
+    connection: sqlite3.Connection, now: datetime, limit: int, exclude_wallets: list[str]
+) -> list[DueWebhookEvent]:
+    rows = connection.execute(
+        "SELECT o.event_id, o.tenant, o.wallet_id, o.payload, o.attempts, c.url, c.secret"
+        + _PENDING_HEADS
+        + " AND o.next_attempt_at <= ?"
+        + _excluding(exclude_wallets)
+        + " ORDER BY o.seq LIMIT ?",
+        (_timestamp(now), *exclude_wallets, limit),
+    ).fetchall()
+    return [DueWebhookEvent(*row) for row in rows]
+
+
+def _select_next_attempt_at(
+    connection: sqlite3.Connection, exclude_wallets: list[str]
+) -> datetime | None:
+    (found,) = connection.execute(
+        "SELECT MIN(o.next_attempt_at)" + _PENDING_HEADS + _excluding(exclude_wallets),
+        exclude_wallets,
+    ).fetchone()
+    return None if found is None else _from_timestamp(found)
+
+
+def _update_event(
+    connection: sqlite3.Connection, event_id: str, assignments: str, values: tuple[object, ...]
+) -> None:
+    """Change a pending event (one statement: autocommit is its transaction)."""
+    connection.execute(
+        f"UPDATE webhook_outbox SET {assignments}"  # noqa: S608 (assignments are ours)
+        " WHERE event_id = ? AND status = 'pending'",
+        (*values, event_id),
+    )
+
+
+def _requeue_events(
+    connection: sqlite3.Connection, tenant: str | None, since: datetime, now: datetime
+) -> int:
+    query = (
+        "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
+        " last_error = NULL, delivered_at = NULL"
+        " WHERE status IN ('delivered', 'failed') AND created_at >= ?"
+    )
+    parameters: list[object] = [_timestamp(now), _timestamp(since)]
+    if tenant is not None:
+        query += " AND tenant = ?"
+        parameters.append(tenant)
+    return connection.execute(query, parameters).rowcount
+
+
+def _select_webhook_events(
+    connection: sqlite3.Connection, tenant: str | None
+) -> list[WebhookEventRecord]:
+    if tenant is None:
+        rows = connection.execute(_SELECT_EVENT + " ORDER BY seq")
+    else:
+        rows = connection.execute(_SELECT_EVENT + " WHERE tenant = ? ORDER BY seq", (tenant,))
+    return [_webhook_event(row) for row in rows.fetchall()]
+
+
+def _webhook_config(row: tuple[Any, ...]) -> WebhookConfig:
+    tenant, url, events, secret, created_at, updated_at = row
+    return WebhookConfig(
+        tenant=tenant,
+        url=url,
+        events=tuple(json.loads(events)),
+        secret=secret,
+        created_at=_from_timestamp(created_at),
+        updated_at=_from_timestamp(updated_at),
+    )
+
+
+def _webhook_event(row: tuple[Any, ...]) -> WebhookEventRecord:
+    (
+        event_id,
+        tenant,
+        wallet_id,
+        event_type,
+        currency,
+        block_number,
+        block_hash,
+        payload,
+        created_at,
+        status,
+        attempts,
+        next_attempt_at,
+        last_error,
+        delivered_at,
+    ) = row
+    return WebhookEventRecord(
+        event_id=event_id,
+        tenant=tenant,
+        wallet_id=wallet_id,
+        event_type=event_type,
+        currency=currency,
+        block_number=block_number,
+        block_hash=block_hash,
+        payload=payload,
+        created_at=_from_timestamp(created_at),
+        status=status,
+        attempts=attempts,
+        next_attempt_at=_from_timestamp(next_attempt_at),
+        last_error=last_error,
+        delivered_at=None if delivered_at is None else _from_timestamp(delivered_at),
+    )
+
+
 def _from_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
@@ -425,6 +759,8 @@ def _timestamp(moment: datetime) -> str:
 
 if TYPE_CHECKING:
 
-    def _implements(directory: SqliteWalletDirectory) -> tuple[WalletDirectory, ApiKeyStore]:
-        """Checked by mypy only: the class satisfies both protocols."""
-        return directory, directory
+    def _implements(
+        directory: SqliteWalletDirectory,
+    ) -> tuple[WalletDirectory, ApiKeyStore, WebhookStore]:
+        """Checked by mypy only: the class satisfies the three protocols."""
+        return directory, directory, directory

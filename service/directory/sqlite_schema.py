@@ -51,6 +51,47 @@ MIGRATIONS: Sequence[Migration] = (
         "CREATE INDEX wallets_by_customer_page"
         " ON wallets (tenant, customer_id, created_at, wallet_id)",
     ),
+    # 3: webhooks.  One config per tenant (``events`` is a JSON array; the
+    # secret is kept as is: signing needs it).  The outbox holds every event,
+    # ``seq`` is its order; ``payload`` is the exact body that is signed and
+    # sent; an event is stored once per (wallet, currency, block hash).
+    (
+        """
+        CREATE TABLE webhook_configs (
+            tenant     TEXT PRIMARY KEY NOT NULL,
+            url        TEXT NOT NULL,
+            events     TEXT NOT NULL,
+            secret     TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE webhook_outbox (
+            seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id        TEXT NOT NULL UNIQUE,
+            tenant          TEXT NOT NULL,
+            wallet_id       TEXT NOT NULL,
+            event_type      TEXT NOT NULL,
+            network         TEXT NOT NULL,
+            currency        TEXT NOT NULL,
+            block_number    INTEGER NOT NULL,
+            block_hash      TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            status          TEXT NOT NULL
+                CHECK (status IN ('pending', 'delivered', 'failed')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_error      TEXT,
+            delivered_at    TEXT,
+            UNIQUE (wallet_id, currency, block_hash)
+        )
+        """,
+        "CREATE INDEX webhook_outbox_by_status ON webhook_outbox (status, next_attempt_at)",
+        "CREATE INDEX webhook_outbox_by_wallet ON webhook_outbox (wallet_id, status, seq)",
+        "CREATE INDEX webhook_outbox_by_tenant ON webhook_outbox (tenant, created_at)",
+    ),
 )
 
 

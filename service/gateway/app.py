@@ -3,14 +3,21 @@
 Like grpc-gateway's ``RegisterXHandlerFromEndpoint``: every call goes through
 a real gRPC channel to the server, so every interceptor (errors, auth, request
 IDs) applies to REST traffic exactly as to gRPC traffic.
+
+Server-streaming RPCs are served as grpc-gateway does: newline-delimited JSON,
+one ``{"result": <message>}`` line per message; a stream that fails after it
+started ends with one ``{"error": {"code", "message", "details"}}`` line, and
+one that fails before its first message is an ordinary error response.
+Streams have no deadline unless the client sends ``Grpc-Timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +38,7 @@ __all__ = ["GatewayLimits", "build_gateway_app"]
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
+_DISCONNECT_CHECK_SECONDS = 0.5  # how often an idle stream looks for a departed client
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class _Handler:
         self._limits = limits
         self._openapi = json.dumps(openapi_document(table.routes, title=title, version="v1"))
         self._callables: dict[str, aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._stream_callables: dict[str, aio.UnaryStreamMultiCallable[Any, Any]] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.raw_path
@@ -72,11 +81,17 @@ class _Handler:
             if isinstance(found, list):
                 return self._no_route(found)
             metadata, request_id = request_metadata(request.headers, request.remote)
-            timeout = grpc_timeout(
-                request.headers.get("Grpc-Timeout"), self._limits.default_timeout_seconds
+            timeout_header = request.headers.get("Grpc-Timeout")
+            timeout: float | None = grpc_timeout(
+                timeout_header, self._limits.default_timeout_seconds
             )
+            if found.route.server_streaming and timeout_header is None:
+                timeout = None  # a watch lasts as long as the client wants it
             body = await self._read_body(request) if found.route.body else None
             message = build_request(found, request.rel_url.query.items(), body)
+            if found.route.server_streaming:
+                return await self._stream(request, found, message, metadata, timeout, request_id)
+            assert timeout is not None
             return await self._call(found, message, metadata, timeout, request_id)
         except GatewayError as exc:
             headers = {**exc.headers, **({"X-Request-Id": request_id} if request_id else {})}
@@ -133,15 +148,7 @@ class _Handler:
         try:
             response = await call
         except aio.AioRpcError as exc:
-            trailers = tuple(exc.trailing_metadata() or ())
-            headers = response_headers(exc.initial_metadata() or (), trailers)
-            headers["X-Request-Id"] = request_id
-            return error_response(
-                exc.code(),
-                exc.details() or "",
-                details=details_from_trailers(trailers),
-                headers=headers,
-            )
+            return self._rpc_error(exc, request_id)
         headers = response_headers(
             tuple(await call.initial_metadata() or ()), tuple(await call.trailing_metadata() or ())
         )
@@ -151,6 +158,73 @@ class _Handler:
             field = response.DESCRIPTOR.fields_by_name[route.response_body]
             body = body.get(field.json_name)
         return web.Response(text=json.dumps(body), content_type=_JSON, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        found: RouteMatch,
+        message: Message,
+        metadata: list[tuple[str, str]],
+        timeout: float | None,
+        request_id: str,
+    ) -> web.StreamResponse:
+        route = found.route
+        call = self._server_stream(route)(message, metadata=tuple(metadata), timeout=timeout)
+        try:
+            messages = call.__aiter__()
+            try:
+                first = await anext(messages)
+            except StopAsyncIteration:
+                first = None
+            except aio.AioRpcError as exc:
+                return self._rpc_error(exc, request_id)
+            headers = response_headers(tuple(await call.initial_metadata() or ()))
+            headers["X-Request-Id"] = request_id
+            response = web.StreamResponse(headers=headers)
+            response.content_type = _JSON
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            try:
+                item = first
+                while item is not None:
+                    await response.write(_result_line(route, item))
+                    item = await _next_while_connected(messages, request)
+            except aio.AioRpcError as exc:
+                error = {
+                    "code": exc.code().value[0],
+                    "message": exc.details() or "",
+                    "details": details_from_trailers(tuple(exc.trailing_metadata() or ())),
+                }
+                with contextlib.suppress(ConnectionResetError):
+                    await response.write(json.dumps({"error": error}).encode() + b"\n")
+            except ConnectionResetError:
+                return response  # the client went away: its call is cancelled below
+            await response.write_eof()
+            return response
+        finally:
+            call.cancel()  # the client went away, or the stream is over: nothing left to do
+
+    def _rpc_error(self, exc: aio.AioRpcError, request_id: str) -> web.Response:
+        trailers = tuple(exc.trailing_metadata() or ())
+        headers = response_headers(exc.initial_metadata() or (), trailers)
+        headers["X-Request-Id"] = request_id
+        return error_response(
+            exc.code(),
+            exc.details() or "",
+            details=details_from_trailers(trailers),
+            headers=headers,
+        )
+
+    def _server_stream(self, route: Route) -> aio.UnaryStreamMultiCallable[Any, Any]:
+        callable_ = self._stream_callables.get(route.grpc_path)
+        if callable_ is None:
+            callable_ = self._channel.unary_stream(
+                route.grpc_path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=route.response_class.FromString,
+            )
+            self._stream_callables[route.grpc_path] = callable_
+        return callable_
 
     def _unary(self, route: Route) -> aio.UnaryUnaryMultiCallable[Any, Any]:
         callable_ = self._callables.get(route.grpc_path)
@@ -162,3 +236,31 @@ class _Handler:
             )
             self._callables[route.grpc_path] = callable_
         return callable_
+
+
+async def _next_while_connected(messages: AsyncIterator[Message], request: web.Request) -> Any:
+    """The stream's next message (None at its end); ConnectionResetError once the client left.
+
+    A watch may send nothing for a long time: without this, a client that went
+    away would only be noticed at the next write.
+    """
+    pending = asyncio.ensure_future(anext(messages, None))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=_DISCONNECT_CHECK_SECONDS)
+            if done:
+                return pending.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+    finally:
+        if not pending.done():
+            pending.cancel()
+
+
+def _result_line(route: Route, message: Message) -> bytes:
+    body: Any = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    if route.response_body:
+        field = message.DESCRIPTOR.fields_by_name[route.response_body]
+        body = body.get(field.json_name)
+    return json.dumps({"result": body}).encode() + b"\n"

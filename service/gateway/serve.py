@@ -47,7 +47,10 @@ async def start_gateway(
     """
     channel = aio.insecure_channel(grpc_target)
     app = build_gateway_app(channel, routes_of(services), limits, title="Balances API")
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    # handler_cancellation: a client that goes away cancels its gRPC call (a watch, say).
+    runner = web.AppRunner(
+        app, shutdown_timeout=shutdown_timeout, access_log=None, handler_cancellation=True
+    )
     try:
         await runner.setup()
         host, _, port = listen.rpartition(":")

@@ -242,3 +242,255 @@ class CustomerWallet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustomerWallet: _TypeAlias = CustomerWallet  # noqa: Y015
+
+@_typing.final
+class WatchWalletBalanceRequest(_message.Message):
+    """WatchWalletBalanceRequest names the wallet to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    wallet_id: _builtins.str
+    """The wallet's ID: "wal_" followed by 1-64 letters, digits or underscores."""
+    def __init__(
+        self,
+        *,
+        wallet_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWalletBalanceRequest: _TypeAlias = WatchWalletBalanceRequest  # noqa: Y015
+
+@_typing.final
+class WatchWalletBalanceResponse(_message.Message):
+    """WatchWalletBalanceResponse is one message of a wallet watch: the wallet's
+    balances after an update, and what changed since the previous message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    LAST_UPDATED_FIELD_NUMBER: _builtins.int
+    BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
+    BLOCK_HASH_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    COALESCED_UPDATES_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    wallet_id: _builtins.str
+    """The wallet's ID, as asked for."""
+    network: _builtins.str
+    """The network the wallet lives on."""
+    block_number: _builtins.int
+    """The number of the block the balances were read at."""
+    block_hash: _builtins.str
+    """The 0x-prefixed hash of that block; empty on the first message (the
+    current balance, which may come from the cache).
+    """
+    coalesced_updates: _builtins.int
+    """How many updates were folded into this message because the consumer read
+    slower than balances changed (0: none was missed).
+    """
+    initial: _builtins.bool
+    """True on the first message only: the current balance when the watch began."""
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
+        """Every configured currency after this update, all read at one block."""
+
+    @_builtins.property
+    def last_updated(self) -> _timestamp_pb2.Timestamp:
+        """The timestamp of the block the balances were read at."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceChange]:
+        """The currencies whose amount differs from the previous message of this
+        stream; empty on the first message.
+        """
+
+    def __init__(
+        self,
+        *,
+        wallet_id: _builtins.str = ...,
+        network: _builtins.str = ...,
+        balances: _abc.Iterable[Global___TokenBalance] | None = ...,
+        last_updated: _timestamp_pb2.Timestamp | None = ...,
+        block_number: _builtins.int = ...,
+        block_hash: _builtins.str = ...,
+        changes: _abc.Iterable[Global___BalanceChange] | None = ...,
+        coalesced_updates: _builtins.int = ...,
+        initial: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated", b"last_updated"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "coalesced_updates", b"coalesced_updates", "initial", b"initial", "last_updated", b"last_updated", "network", b"network", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWalletBalanceResponse: _TypeAlias = WatchWalletBalanceResponse  # noqa: Y015
+
+@_typing.final
+class BalanceChange(_message.Message):
+    """BalanceChange is one currency whose amount changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_AMOUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    DECIMALS_FIELD_NUMBER: _builtins.int
+    currency: _builtins.str
+    """The currency's symbol, e.g. "USDC"."""
+    previous_amount: _builtins.str
+    """The amount before the change, exact, e.g. "1250.50"."""
+    amount: _builtins.str
+    """The amount after the change, exact, e.g. "1200.50"."""
+    decimals: _builtins.int
+    """The token's on-chain decimals."""
+    def __init__(
+        self,
+        *,
+        currency: _builtins.str = ...,
+        previous_amount: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        decimals: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "currency", b"currency", "decimals", b"decimals", "previous_amount", b"previous_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceChange: _TypeAlias = BalanceChange  # noqa: Y015
+
+@_typing.final
+class WatchCustomerBalancesRequest(_message.Message):
+    """WatchCustomerBalancesRequest names the customer to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer's ID: "cus_" followed by 1-64 letters, digits or underscores."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCustomerBalancesRequest: _TypeAlias = WatchCustomerBalancesRequest  # noqa: Y015
+
+@_typing.final
+class WatchCustomerBalancesResponse(_message.Message):
+    """WatchCustomerBalancesResponse is one message of a customer watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_BALANCE_FIELD_NUMBER: _builtins.int
+    WALLETS_FIELD_NUMBER: _builtins.int
+    COALESCED_UPDATES_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer's ID, as asked for."""
+    coalesced_updates: _builtins.int
+    """How many updates were folded into this message because the consumer read
+    slower than balances changed (0: none was missed).
+    """
+    initial: _builtins.bool
+    """True on the first message only: the current balances when the watch began."""
+    @_builtins.property
+    def total_balance(self) -> Global___Money:
+        """The total value of every wallet, set on the first message only (changes
+        are read without prices; GetCustomerBalances gives a fresh total).
+        """
+
+    @_builtins.property
+    def wallets(self) -> _containers.RepeatedCompositeFieldContainer[Global___WatchedWallet]:
+        """On the first message every wallet of the customer; afterwards only the
+        wallets that changed, each with all of its balances.
+        """
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        total_balance: Global___Money | None = ...,
+        wallets: _abc.Iterable[Global___WatchedWallet] | None = ...,
+        coalesced_updates: _builtins.int = ...,
+        initial: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total_balance", b"total_balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesced_updates", b"coalesced_updates", "customer_id", b"customer_id", "initial", b"initial", "total_balance", b"total_balance", "wallets", b"wallets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCustomerBalancesResponse: _TypeAlias = WatchCustomerBalancesResponse  # noqa: Y015
+
+@_typing.final
+class WatchedWallet(_message.Message):
+    """WatchedWallet is one wallet of a customer watch with its balances after an update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    LAST_UPDATED_FIELD_NUMBER: _builtins.int
+    BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
+    BLOCK_HASH_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    wallet_id: _builtins.str
+    """The wallet's ID."""
+    network: _builtins.str
+    """The network the wallet lives on."""
+    address: _builtins.str
+    """The wallet's address, EIP-55 checksummed."""
+    block_number: _builtins.int
+    """The number of the block the balances were read at."""
+    block_hash: _builtins.str
+    """The 0x-prefixed hash of that block; empty on the first message."""
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
+        """Every configured currency after this update, all read at one block."""
+
+    @_builtins.property
+    def last_updated(self) -> _timestamp_pb2.Timestamp:
+        """The timestamp of the block the balances were read at."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceChange]:
+        """The currencies whose amount differs from this wallet's previous message;
+        empty on the first message.
+        """
+
+    def __init__(
+        self,
+        *,
+        wallet_id: _builtins.str = ...,
+        network: _builtins.str = ...,
+        address: _builtins.str = ...,
+        balances: _abc.Iterable[Global___TokenBalance] | None = ...,
+        last_updated: _timestamp_pb2.Timestamp | None = ...,
+        block_number: _builtins.int = ...,
+        block_hash: _builtins.str = ...,
+        changes: _abc.Iterable[Global___BalanceChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated", b"last_updated"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "last_updated", b"last_updated", "network", b"network", "wallet_id", b"wallet_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchedWallet: _TypeAlias = WatchedWallet  # noqa: Y015

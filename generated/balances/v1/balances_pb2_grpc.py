@@ -46,6 +46,16 @@ class BalancesServiceStub:
                 request_serializer=balances_dot_v1_dot_balances__pb2.GetCustomerBalancesRequest.SerializeToString,
                 response_deserializer=balances_dot_v1_dot_balances__pb2.GetCustomerBalancesResponse.FromString,
                 _registered_method=True)
+        self.WatchWalletBalance = channel.unary_stream(
+                '/balances.v1.BalancesService/WatchWalletBalance',
+                request_serializer=balances_dot_v1_dot_balances__pb2.WatchWalletBalanceRequest.SerializeToString,
+                response_deserializer=balances_dot_v1_dot_balances__pb2.WatchWalletBalanceResponse.FromString,
+                _registered_method=True)
+        self.WatchCustomerBalances = channel.unary_stream(
+                '/balances.v1.BalancesService/WatchCustomerBalances',
+                request_serializer=balances_dot_v1_dot_balances__pb2.WatchCustomerBalancesRequest.SerializeToString,
+                response_deserializer=balances_dot_v1_dot_balances__pb2.WatchCustomerBalancesResponse.FromString,
+                _registered_method=True)
 
 
 class BalancesServiceServicer:
@@ -69,6 +79,29 @@ class BalancesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchWalletBalance(self, request, context):
+        """WatchWalletBalance streams one wallet's balances: first the current
+        balance, then one message per change (not per block), read at the
+        network's confirmation depth. A consumer that reads slowly gets the latest
+        state with coalesced_updates counting the updates folded into it. The
+        stream ends with NOT_FOUND if the wallet is deleted, and with OK when the
+        server shuts down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCustomerBalances(self, request, context):
+        """WatchCustomerBalances streams a customer's balances: first every wallet
+        with the total value, then one message per change carrying the wallets
+        that changed. Wallets registered after the stream started are not
+        included; a wallet deleted meanwhile is dropped, and the stream ends with
+        NOT_FOUND when none is left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BalancesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +114,16 @@ def add_BalancesServiceServicer_to_server(servicer, server):
                     servicer.GetCustomerBalances,
                     request_deserializer=balances_dot_v1_dot_balances__pb2.GetCustomerBalancesRequest.FromString,
                     response_serializer=balances_dot_v1_dot_balances__pb2.GetCustomerBalancesResponse.SerializeToString,
+            ),
+            'WatchWalletBalance': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWalletBalance,
+                    request_deserializer=balances_dot_v1_dot_balances__pb2.WatchWalletBalanceRequest.FromString,
+                    response_serializer=balances_dot_v1_dot_balances__pb2.WatchWalletBalanceResponse.SerializeToString,
+            ),
+            'WatchCustomerBalances': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCustomerBalances,
+                    request_deserializer=balances_dot_v1_dot_balances__pb2.WatchCustomerBalancesRequest.FromString,
+                    response_serializer=balances_dot_v1_dot_balances__pb2.WatchCustomerBalancesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +182,60 @@ class BalancesService:
             '/balances.v1.BalancesService/GetCustomerBalances',
             balances_dot_v1_dot_balances__pb2.GetCustomerBalancesRequest.SerializeToString,
             balances_dot_v1_dot_balances__pb2.GetCustomerBalancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWalletBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/balances.v1.BalancesService/WatchWalletBalance',
+            balances_dot_v1_dot_balances__pb2.WatchWalletBalanceRequest.SerializeToString,
+            balances_dot_v1_dot_balances__pb2.WatchWalletBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCustomerBalances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/balances.v1.BalancesService/WatchCustomerBalances',
+            balances_dot_v1_dot_balances__pb2.WatchCustomerBalancesRequest.SerializeToString,
+            balances_dot_v1_dot_balances__pb2.WatchCustomerBalancesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,21 @@ class BalancesServiceStub:
     """GetCustomerBalances returns every wallet of a customer with its balances,
     and their total value in the base currency.
     """
+    WatchWalletBalance: _grpc.UnaryStreamMultiCallable[_balances_pb2.WatchWalletBalanceRequest, _balances_pb2.WatchWalletBalanceResponse]
+    """WatchWalletBalance streams one wallet's balances: first the current
+    balance, then one message per change (not per block), read at the
+    network's confirmation depth. A consumer that reads slowly gets the latest
+    state with coalesced_updates counting the updates folded into it. The
+    stream ends with NOT_FOUND if the wallet is deleted, and with OK when the
+    server shuts down.
+    """
+    WatchCustomerBalances: _grpc.UnaryStreamMultiCallable[_balances_pb2.WatchCustomerBalancesRequest, _balances_pb2.WatchCustomerBalancesResponse]
+    """WatchCustomerBalances streams a customer's balances: first every wallet
+    with the total value, then one message per change carrying the wallets
+    that changed. Wallets registered after the stream started are not
+    included; a wallet deleted meanwhile is dropped, and the stream ends with
+    NOT_FOUND when none is left.
+    """
 
 @_typing.type_check_only
 class BalancesServiceAsyncStub(BalancesServiceStub):
@@ -58,6 +73,21 @@ class BalancesServiceAsyncStub(BalancesServiceStub):
     GetCustomerBalances: _aio.UnaryUnaryMultiCallable[_balances_pb2.GetCustomerBalancesRequest, _balances_pb2.GetCustomerBalancesResponse]  # type: ignore[assignment]
     """GetCustomerBalances returns every wallet of a customer with its balances,
     and their total value in the base currency.
+    """
+    WatchWalletBalance: _aio.UnaryStreamMultiCallable[_balances_pb2.WatchWalletBalanceRequest, _balances_pb2.WatchWalletBalanceResponse]  # type: ignore[assignment]
+    """WatchWalletBalance streams one wallet's balances: first the current
+    balance, then one message per change (not per block), read at the
+    network's confirmation depth. A consumer that reads slowly gets the latest
+    state with coalesced_updates counting the updates folded into it. The
+    stream ends with NOT_FOUND if the wallet is deleted, and with OK when the
+    server shuts down.
+    """
+    WatchCustomerBalances: _aio.UnaryStreamMultiCallable[_balances_pb2.WatchCustomerBalancesRequest, _balances_pb2.WatchCustomerBalancesResponse]  # type: ignore[assignment]
+    """WatchCustomerBalances streams a customer's balances: first every wallet
+    with the total value, then one message per change carrying the wallets
+    that changed. Wallets registered after the stream started are not
+    included; a wallet deleted meanwhile is dropped, and the stream ends with
+    NOT_FOUND when none is left.
     """
 
 class BalancesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +113,33 @@ class BalancesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_balances_pb2.GetCustomerBalancesResponse, _abc.Awaitable[_balances_pb2.GetCustomerBalancesResponse]]:
         """GetCustomerBalances returns every wallet of a customer with its balances,
         and their total value in the base currency.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchWalletBalance(
+        self,
+        request: _balances_pb2.WatchWalletBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_balances_pb2.WatchWalletBalanceResponse], _abc.AsyncIterator[_balances_pb2.WatchWalletBalanceResponse]]:
+        """WatchWalletBalance streams one wallet's balances: first the current
+        balance, then one message per change (not per block), read at the
+        network's confirmation depth. A consumer that reads slowly gets the latest
+        state with coalesced_updates counting the updates folded into it. The
+        stream ends with NOT_FOUND if the wallet is deleted, and with OK when the
+        server shuts down.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchCustomerBalances(
+        self,
+        request: _balances_pb2.WatchCustomerBalancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_balances_pb2.WatchCustomerBalancesResponse], _abc.AsyncIterator[_balances_pb2.WatchCustomerBalancesResponse]]:
+        """WatchCustomerBalances streams a customer's balances: first every wallet
+        with the total value, then one message per change carrying the wallets
+        that changed. Wallets registered after the stream started are not
+        included; a wallet deleted meanwhile is dropped, and the stream ends with
+        NOT_FOUND when none is left.
         """
 
 def add_BalancesServiceServicer_to_server(servicer: BalancesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

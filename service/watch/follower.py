@@ -1,0 +1,297 @@
+"""The block follower of one network: one snapshot per new block, compared with the last one.
+
+Every poll interval it asks for the block at the network's read depth (head
+minus ``confirmations``, or the ``block_tag``'s block).  When that block is
+new, it reads ONE snapshot (no prices) of every address any ``WatchedSource``
+wants followed, at exactly that block, and compares it with the previous read
+per (address, currency).  Differences go to every ``ChangeListener`` at once;
+an address read for the first time is a baseline (no change; baseline
+listeners are told, so a watch started from a stale cache learns the truth).
+
+- Gaps: when the target jumped by more than one block (slow polling, a node
+  that was down) the newest block is read once and the net change emitted
+  once; the skipped range is logged, never silent.
+- Reorgs: the hash of the last processed block is kept.  A next block whose
+  parentHash differs, or the same height with another hash, is logged as a
+  reorg; changes are still computed against the last emitted state.
+- Nobody watching: no upstream call at all (the next watched read is a baseline).
+- Failures (node down, timeouts) are logged without URLs and retried on the
+  next tick.  A listener that fails makes the whole block be retried (the
+  state is only committed when every listener accepted it); listeners must
+  therefore be idempotent per state, which the hub, the cache refresh and the
+  webhook outbox (deduplicated per block hash) are.  The loop never dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
+
+from service.config import NetworkSettings
+from service.domain import Snapshot
+from service.errors import BalancesError
+from service.watch.events import BalanceChange, BlockRef, ChangeListener, WatchedSource
+
+__all__ = ["BaselineListener", "BlockFollower", "FollowedChain"]
+
+log = logging.getLogger(__name__)
+
+
+class FollowedChain(Protocol):
+    """What the follower needs of ``service.chain.reader.ChainReader``."""
+
+    async def head_number(self) -> int: ...
+
+    async def block_header(self, tag_or_number: str | int) -> dict[str, Any]: ...
+
+    async def snapshot(
+        self,
+        addresses: Sequence[str],
+        *,
+        with_prices: bool,
+        timeout: float,
+        block_number: int | None = None,
+    ) -> Snapshot: ...
+
+
+class BaselineListener(Protocol):
+    async def balances_baselined(
+        self, block: BlockRef, addresses: Collection[str], snapshot: Snapshot
+    ) -> None:
+        """``addresses`` were read for the first time (since they were last unwatched)."""
+        ...
+
+
+class BlockFollower:
+    """Follows one network; ``start`` runs it in a task, ``aclose`` stops it."""
+
+    def __init__(
+        self,
+        network: NetworkSettings,
+        chain: FollowedChain,
+        *,
+        poll_interval: float,
+        read_timeout: float,
+    ) -> None:
+        self.network = network
+        self._chain = chain
+        self._poll_interval = poll_interval
+        self._read_timeout = read_timeout
+        self._listeners: list[ChangeListener] = []
+        self._baseline_listeners: list[BaselineListener] = []
+        self._sources: list[WatchedSource] = []
+        self._state: dict[str, dict[str, int]] = {}
+        self._last: BlockRef | None = None
+        self._failing = False
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.snapshots_read = 0  # for tests and metrics
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Called with each block's changes, in the order listeners were added."""
+        self._listeners.append(listener)
+
+    def add_baseline_listener(self, listener: BaselineListener) -> None:
+        self._baseline_listeners.append(listener)
+
+    def add_source(self, source: WatchedSource) -> None:
+        """Its ``watched_addresses`` are asked at every new block; the union is read."""
+        self._sources.append(source)
+
+    @property
+    def last_block(self) -> BlockRef | None:
+        return self._last
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"follower-{self.network.name}")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def wake(self) -> None:
+        """Tick now instead of at the end of the poll interval."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self.tick()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    # --- one step -----------------------------------------------------------------------
+
+    async def tick(self) -> BlockRef | None:
+        """Process the target block if it is new; the block processed, else None.  Never raises."""
+        try:
+            processed = await self._step()
+        except BalancesError as exc:  # messages name the network, never a URL
+            self._failed(str(exc))
+            return None
+        except Exception as exc:  # a bug, or a node answering nonsense: logged, retried
+            self._failed(f"unexpected {type(exc).__name__}", exc_info=True)
+            return None
+        if self._failing and processed is not None:
+            self._failing = False
+            log.info(
+                "network %s: follower reading again at block %d",
+                self.network.name,
+                processed.number,
+            )
+        return processed
+
+    def _failed(self, reason: str, *, exc_info: bool = False) -> None:
+        """Logged at WARNING once per outage, then at DEBUG until a read succeeds."""
+        level = logging.DEBUG if self._failing else logging.WARNING
+        log.log(
+            level,
+            "network %s: follower read failed, retrying: %s",
+            self.network.name,
+            reason,
+            exc_info=exc_info,
+        )
+        self._failing = True
+
+    async def _step(self) -> BlockRef | None:
+        addresses = await self._watched()
+        if not addresses:  # nobody is watching: no upstream call at all
+            self._state, self._last = {}, None
+            return None
+        block = await self._target()
+        if block is None:
+            return None
+        snapshot = await self._chain.snapshot(
+            sorted(addresses),
+            with_prices=False,
+            timeout=self._read_timeout,
+            block_number=block.number,
+        )
+        self.snapshots_read += 1
+        if snapshot.block_number != block.number:  # cannot happen with a pinned read
+            raise RuntimeError(f"asked for block {block.number}, read {snapshot.block_number}")
+        block = BlockRef(block.network, block.number, block.hash, snapshot.block_timestamp)
+        changes, fresh = self._compare(snapshot)
+        if not await self._notify(block, changes, fresh, snapshot):
+            return None  # not committed: the next tick tries again
+        self._state = {a: dict(snapshot.balances[a]) for a in snapshot.balances}
+        self._last = block
+        return block
+
+    async def _target(self) -> BlockRef | None:
+        """The block at the read depth when it is new (or replaced by a reorg), else None."""
+        if self.network.confirmations:
+            head = await self._chain.head_number()
+            number = max(head - self.network.confirmations, 0)
+            if self._last is not None and number < self._last.number:
+                return None
+            if self._last is not None and number == self._last.number:
+                return None  # a same-height reorg below the depth is not looked for
+            header = await self._chain.block_header(number)
+        else:
+            header = await self._chain.block_header(self.network.block_tag)
+        block = BlockRef(
+            self.network.name,
+            int(header["number"], 16),
+            str(header["hash"]),
+            int(header["timestamp"], 16),
+        )
+        last = self._last
+        if last is None:
+            return block
+        if block.number < last.number or (block.number == last.number and block.hash == last.hash):
+            return None
+        if block.number == last.number:
+            log.warning(
+                "network %s: reorg: block %d replaced (was %s, now %s); changes are relative"
+                " to the last emitted state",
+                self.network.name,
+                block.number,
+                last.hash,
+                block.hash,
+            )
+        elif block.number == last.number + 1:
+            if header.get("parentHash") != last.hash:
+                log.warning(
+                    "network %s: reorg below block %d: its parent is %s, block %d read was %s;"
+                    " changes are relative to the last emitted state",
+                    self.network.name,
+                    block.number,
+                    header.get("parentHash"),
+                    last.number,
+                    last.hash,
+                )
+        else:
+            log.info(
+                "network %s: blocks %d-%d not read one by one; reading block %d for the net change",
+                self.network.name,
+                last.number + 1,
+                block.number - 1,
+                block.number,
+            )
+        return block
+
+    async def _watched(self) -> set[str]:
+        addresses: set[str] = set()
+        for source in self._sources:
+            addresses |= await source.watched_addresses(self.network.name)
+        return addresses
+
+    def _compare(self, snapshot: Snapshot) -> tuple[list[BalanceChange], list[str]]:
+        decimals = {t.symbol: t.decimals for t in self.network.tokens}
+        changes: list[BalanceChange] = []
+        fresh: list[str] = []
+        for address, balances in snapshot.balances.items():
+            before = self._state.get(address)
+            if before is None:
+                fresh.append(address)
+                continue
+            for symbol, current in balances.items():
+                previous = before.get(symbol)
+                if previous is not None and previous != current:
+                    changes.append(
+                        BalanceChange(
+                            self.network.name,
+                            address,
+                            symbol,
+                            decimals[symbol],
+                            previous,
+                            current,
+                        )
+                    )
+        return changes, fresh
+
+    async def _notify(
+        self,
+        block: BlockRef,
+        changes: list[BalanceChange],
+        fresh: list[str],
+        snapshot: Snapshot,
+    ) -> bool:
+        ok = True
+        if fresh:
+            for baseline in self._baseline_listeners:
+                ok &= await self._guarded(baseline.balances_baselined(block, fresh, snapshot))
+        if changes:
+            for listener in self._listeners:
+                ok &= await self._guarded(listener.balances_changed(block, changes, snapshot))
+        return ok
+
+    async def _guarded(self, call: Any) -> bool:
+        try:
+            await call
+        except Exception:
+            log.exception("network %s: a balance listener failed; retrying", self.network.name)
+            return False
+        return True

@@ -1,0 +1,11 @@
+"""``balance.updated`` webhooks: per-tenant config, a durable outbox, signed delivery.
+
+payload.py    what an event says (its type, id and exact JSON body)
+signing.py    Standard Webhooks secrets and signatures
+urls.py       which receiver URLs are allowed
+manage.py     the use cases: get/update a tenant's config, replay events
+emitter.py    block changes -> outbox events (a ChangeListener and WatchedSource)
+delivery.py   the worker sending outbox events, retrying, in order per wallet
+servicer.py   ``balances.v1.WebhooksService``
+wiring.py     ``build_webhooks``: everything above from settings and a store
+"""

@@ -1,0 +1,208 @@
+"""The worker that sends outbox events to receivers: signed, retried, in order per wallet.
+
+At-least-once: an event is marked delivered only after a 2xx answer, so an
+event in flight when the process dies is sent again (same ``webhook-id``) after
+a restart.  One event per wallet is in flight at a time and a wallet's next
+event waits until the earlier one is delivered or given up.  Any other answer
+(a redirect included: they are not followed), a timeout or a connection error
+schedules the next try after ``retry_schedule_seconds[attempt - 1]`` ± jitter;
+after the last one the event is marked failed.
+
+Nothing logged or stored names the receiver URL (its path may hold a token) or
+the secret; errors are short summaries such as ``HTTP 500``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+
+from service.config import WebhookSettings
+from service.directory.base import DueWebhookEvent, WebhookStore
+from service.errors import InvalidArgument
+from service.webhooks.signing import signed_headers
+from service.webhooks.urls import check_webhook_url
+
+__all__ = ["WebhookDelivery"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+USER_AGENT = "balances-webhooks/1"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WebhookDelivery:
+    """Sends due outbox events until ``aclose``; ``wake`` after adding events.
+
+    ``poll_interval_seconds`` bounds how long it sleeps when nothing is due, so
+    events queued by another process (``balances webhooks replay``) are found.
+    """
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        settings: WebhookSettings,
+        *,
+        concurrency: int = 16,
+        poll_interval_seconds: float = 5.0,
+        jitter: float = 0.1,
+        clock: Clock = _utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._store = store
+        self._settings = settings
+        self._concurrency = concurrency
+        self._poll = poll_interval_seconds
+        self._jitter = jitter
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # wallet_id -> its send
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def wake(self) -> None:
+        """New events are in the outbox (or one finished): look again now."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start sending; pending events left by an earlier run are resumed first."""
+        if self._runner is not None:
+            raise RuntimeError("webhook delivery already started")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=self._concurrency),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._runner = asyncio.create_task(self._run(), name="webhook-delivery")
+
+    async def aclose(self) -> None:
+        """Stop: sends in flight are abandoned (they stay pending and are sent again)."""
+        self._closing = True
+        if self._runner is not None:
+            # First the loop, so that it starts nothing new; then the sends.
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        sends = [*self._in_flight.values()]
+        for task in sends:
+            task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        self._in_flight.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            try:
+                wait = await self._dispatch()
+            except Exception:
+                log.exception("webhook delivery: reading the outbox failed")
+                wait = self._poll
+            if wait > 0:
+                # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that
+                # arrives as the event is set, and aclose would wait forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+
+    async def _dispatch(self) -> float:
+        """Start sends for due events; return how long to sleep unless woken."""
+        free = self._concurrency - len(self._in_flight)
+        busy = set(self._in_flight)
+        now = self._clock()
+        due = await self._store.due_webhook_events(now, free, busy) if free > 0 else []
+        for event in due:
+            task = asyncio.create_task(self._send(event), name=f"webhook {event.event_id}")
+            self._in_flight[event.wallet_id] = task
+        if len(self._in_flight) >= self._concurrency:
+            return self._poll  # a finishing send wakes the loop
+        next_at = await self._store.next_webhook_attempt_at(set(self._in_flight))
+        if next_at is None:
+            return self._poll
+        return min(max((next_at - self._clock()).total_seconds(), 0.0), self._poll)
+
+    async def _send(self, event: DueWebhookEvent) -> None:
+        try:
+            error = await self._post(event)
+            await self._record(event, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook event %s of tenant %s: recording failed", *_who(event))
+            await asyncio.sleep(self._poll)  # do not spin on a broken store
+        finally:
+            self._in_flight.pop(event.wallet_id, None)
+            self.wake()
+
+    async def _post(self, event: DueWebhookEvent) -> str | None:
+        """One send; None when the receiver answered 2xx, else why not (no URL, no secret)."""
+        assert self._session is not None
+        try:
+            check_webhook_url(event.url, self._settings.allow_http_hosts)
+        except InvalidArgument as exc:
+            return f"url no longer allowed: {exc}"
+        timestamp = int(self._clock().timestamp())
+        headers = signed_headers(event.secret, event.event_id, timestamp, event.payload)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.post(
+                event.url,
+                data=event.payload.encode(),
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+        except TimeoutError:
+            return f"no answer within {self._settings.timeout_seconds:g}s"
+        except aiohttp.ClientError as exc:
+            return f"request failed ({type(exc).__name__})"
+        if 200 <= status < 300:
+            return None
+        return f"HTTP {status}"
+
+    async def _record(self, event: DueWebhookEvent, error: str | None) -> None:
+        attempt = event.attempts + 1
+        if error is None:
+            await self._store.mark_webhook_delivered(event.event_id, self._clock())
+            log.info("webhook event %s of tenant %s delivered (attempt %d)", *_who(event), attempt)
+            return
+        schedule = self._settings.retry_schedule_seconds
+        if attempt > len(schedule):
+            await self._store.mark_webhook_failed(event.event_id, error)
+            log.warning(
+                "webhook event %s of tenant %s failed after %d attempts: %s",
+                *_who(event),
+                attempt,
+                error,
+            )
+            return
+        delay = schedule[attempt - 1] * (1 + self._rng.uniform(-self._jitter, self._jitter))
+        await self._store.mark_webhook_retry(
+            event.event_id, error, self._clock() + timedelta(seconds=delay)
+        )
+        log.info(
+            "webhook event %s of tenant %s: attempt %d failed (%s); next in %.1fs",
+            *_who(event),
+            attempt,
+            error,
+            delay,
+        )
+
+
+def _who(event: DueWebhookEvent) -> tuple[str, str]:
+    return event.event_id, event.tenant

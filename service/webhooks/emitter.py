@@ -1,0 +1,109 @@
+"""Block changes -> ``balance.updated`` events in the outbox, one transaction per block.
+
+The ``WebhookEmitter`` is both a ``ChangeListener`` (it turns a block's changes
+into events) and a ``WatchedSource`` (it asks the followers to watch every
+wallet of every tenant subscribed to ``balance.updated``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from service.directory.base import NewWebhookEvent, WebhookStore
+from service.domain import Snapshot, Wallet
+from service.watch.events import BalanceChange, BlockRef
+from service.webhooks.payload import BALANCE_UPDATED, balance_updated_body, new_event_id
+
+if TYPE_CHECKING:
+    from service.watch.events import ChangeListener, WatchedSource
+
+__all__ = ["WebhookEmitter"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WebhookEmitter:
+    """Writes one event per subscribed wallet and changed currency, then wakes delivery.
+
+    A store failure propagates to the follower: events are durable only once
+    ``balances_changed`` has returned.
+    """
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        on_enqueued: Callable[[], None] | None = None,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._store = store
+        self._on_enqueued = on_enqueued
+        self._clock = clock
+
+    async def watched_addresses(self, network: str) -> set[str]:
+        wallets = await self._store.webhook_subscribers(network, BALANCE_UPDATED)
+        return {w.address for w in wallets}
+
+    async def balances_changed(
+        self, block: BlockRef, changes: Sequence[BalanceChange], snapshot: Snapshot
+    ) -> None:
+        changes = [c for c in changes if c.network == block.network and c.previous != c.current]
+        if not changes:
+            return
+        wallets = await self._store.webhook_subscribers(
+            block.network, BALANCE_UPDATED, {c.address for c in changes}
+        )
+        if not wallets:
+            return
+        by_address: dict[str, list[Wallet]] = {}
+        for wallet in wallets:
+            by_address.setdefault(wallet.address, []).append(wallet)
+        created_at = self._clock()
+        events = [
+            NewWebhookEvent(
+                event_id=new_event_id(),
+                tenant=wallet.tenant,
+                wallet_id=wallet.wallet_id,
+                event_type=BALANCE_UPDATED,
+                network=block.network,
+                currency=change.symbol,
+                block_number=block.number,
+                block_hash=block.hash,
+                payload=balance_updated_body(
+                    wallet_id=wallet.wallet_id,
+                    customer_id=wallet.customer_id,
+                    block=block,
+                    change=change,
+                    created_at=created_at,
+                ),
+                created_at=created_at,
+            )
+            for change in changes  # the follower's order; within it, by wallet ID
+            for wallet in by_address.get(change.address, ())
+        ]
+        added = await self._store.enqueue_webhook_events(events)
+        log.info(
+            "network %s block %d: %d webhook events queued for %d wallets",
+            block.network,
+            block.number,
+            added,
+            len(wallets),
+        )
+        if added and self._on_enqueued is not None:
+            self._on_enqueued()
+
+
+if TYPE_CHECKING:
+
+    def _implements(emitter: WebhookEmitter) -> tuple[ChangeListener, WatchedSource]:
+        """Checked by mypy only: the emitter satisfies both protocols."""
+        return emitter, emitter

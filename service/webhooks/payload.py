@@ -1,0 +1,63 @@
+"""What a webhook event says: its type, its ID and its exact JSON body."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from service.money import format_amount
+from service.watch.events import BalanceChange, BlockRef
+
+__all__ = [
+    "BALANCE_UPDATED",
+    "EVENT_TYPES",
+    "balance_updated_body",
+    "new_event_id",
+    "rfc3339",
+]
+
+BALANCE_UPDATED = "balance.updated"
+EVENT_TYPES = (BALANCE_UPDATED,)
+
+
+def new_event_id() -> str:
+    """``msg_`` + 32 hex digits (128 bits): the ``webhook-id`` of every send of one event."""
+    return "msg_" + secrets.token_hex(16)
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, whole seconds, ``Z``: ``2024-01-15T10:30:00Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def balance_updated_body(
+    *,
+    wallet_id: str,
+    customer_id: str,
+    block: BlockRef,
+    change: BalanceChange,
+    created_at: datetime,
+) -> str:
+    """The JSON body of one ``balance.updated`` event: compact, keys in a fixed order.
+
+    This string is stored once and is, byte for byte, what is signed and sent on
+    every attempt.
+    """
+    body: dict[str, Any] = {
+        "type": BALANCE_UPDATED,
+        "data": {
+            "wallet_id": wallet_id,
+            "customer_id": customer_id,
+            "balance": format_amount(change.current, change.decimals),
+            "previous_balance": format_amount(change.previous, change.decimals),
+            "currency": change.symbol,
+            "network": block.network,
+            "block_number": block.number,
+            "block_hash": block.hash,
+            "timestamp": rfc3339(datetime.fromtimestamp(block.timestamp, UTC)),
+        },
+        "createdAt": int(created_at.timestamp() * 1000),
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
