@@ -134,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
     demo.add_argument("--rest-port", type=int, default=8080, help="REST port (0: any free port)")
     demo.set_defaults(run=_demo)
+
+    demo_transfer = commands.add_parser(
+        "demo-transfer", help="move a stablecoin between two wallets of a running demo"
+    )
+    demo_transfer.add_argument("--state", type=Path, default=Path("demo.json"))
+    demo_transfer.add_argument("--from", dest="from_wallet", required=True, metavar="WALLET_ID")
+    demo_transfer.add_argument("--to", dest="to_wallet", required=True, metavar="WALLET_ID")
+    demo_transfer.add_argument("--token", default="USDC")
+    demo_transfer.add_argument("--amount", required=True, help="e.g. 10.25")
+    demo_transfer.set_defaults(run=_demo_transfer)
     return parser
 
 
@@ -320,6 +330,23 @@ def _gateway(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _demo_transfer(args: argparse.Namespace) -> int:
+    from service.demo import demo_transfer
+
+    print(
+        asyncio.run(
+            demo_transfer(
+                state_path=args.state,
+                from_wallet=args.from_wallet,
+                to_wallet=args.to_wallet,
+                token=args.token,
+                amount=args.amount,
+            )
+        )
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -12,15 +12,19 @@ import json
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from service.auth.keys import new_api_key
 from service.config import Settings, load_settings
 from service.devchain.anvil import AnvilNode
+from service.devchain.deploy import transfer
+from service.devchain.receiver import DemoReceiver
 from service.devchain.world import (
     ETHEREUM,
     POLYGON,
+    STABLE_DECIMALS,
     DemoWallet,
     DemoWorld,
     demo_wallets,
@@ -31,8 +35,10 @@ from service.devchain.world import (
 )
 from service.directory.importfile import import_wallet_file
 from service.directory.sqlite import SqliteWalletDirectory
+from service.errors import InvalidArgument
 from service.logs import setup_logging
 from service.server import ServingPorts, serve
+from service.webhooks.manage import WebhookManagement
 
 __all__ = ["run_demo"]
 
@@ -58,14 +64,21 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
                 rest_listen=f"127.0.0.1:{rest_port}",
                 directory_path="balances.sqlite3",
             )
+            # Follow blocks every second; let the demo's receiver take plain http.
+            + "\n[watch]\npoll_interval_seconds = 1\n"
+            + '\n[webhooks]\nallow_http_hosts = ["127.0.0.1"]\n'
         )
         settings = load_settings(config_path)
-        tenants = await _register_tenants(world, workdir, settings)
+        receiver = DemoReceiver()
+        await receiver.start()
+        stack.push_async_callback(receiver.aclose)
+        tenants = await _register_tenants(world, workdir, settings, receiver)
 
         def ready(ports: ServingPorts) -> None:
             target = f"127.0.0.1:{ports.grpc}"
             rest = f"http://127.0.0.1:{ports.rest}"
             state = _state(world, tenants, target, rest, config_path)
+            state["webhook_receiver"] = receiver.url
             state_path.write_text(json.dumps(state, indent=2))
             print(_instructions(tenants, target, rest, state_path), flush=True)
 
@@ -82,10 +95,11 @@ class DemoTenant:
 
 
 async def _register_tenants(
-    world: DemoWorld, workdir: Path, settings: Settings
+    world: DemoWorld, workdir: Path, settings: Settings, receiver: DemoReceiver
 ) -> list[DemoTenant]:
     """Two tenants: acme owns alice and bob; globex owns carol, whose wallet has the
-    same polygon address as alice's (tenants register addresses independently)."""
+    same polygon address as alice's (tenants register addresses independently).
+    acme's balance.updated webhooks go to the demo's receiver."""
     alice_polygon = world.wallets[0]
     carol = DemoWallet(
         "wal_carol_polygon", "cus_carol", "polygon", alice_polygon.address, alice_polygon.raw
@@ -103,6 +117,9 @@ async def _register_tenants(
             key = new_api_key()
             await directory.add_key(key.key_id, tenant, key.digest)
             tenants.append(DemoTenant(tenant, key.plaintext, wallets))
+        webhooks = WebhookManagement(directory, settings.webhooks)
+        change = await webhooks.update_config("acme", receiver.url, [], rotate_secret=False)
+        receiver.secret = change.config.secret
     finally:
         await directory.close()
     return tenants
@@ -172,6 +189,16 @@ def _instructions(tenants: list[DemoTenant], target: str, rest: str, state_path:
             f'  {grpcurl} -d \'{{"customer_id": "{wallet.customer_id}"}}\' '
             f"{target} balances.v1.WalletsService/ListWallets",
             "",
+            "Watch a wallet (leave it running), then move funds from another terminal:",
+            "",
+            f'  {grpcurl} -d \'{{"wallet_id": "{wallet.wallet_id}"}}\' '
+            f"{target} balances.v1.BalancesService/WatchWalletBalance",
+            f"  .venv/bin/balances demo-transfer --state {state_path} "
+            f"--from {wallet.wallet_id} --to wal_bob_polygon --token USDC --amount 10.25",
+            "",
+            "The stream prints the new balance; acme's signed balance.updated webhooks",
+            "arrive at the demo's receiver, which prints them here.",
+            "",
             "REST:",
             "",
             f"  {curl} {rest}/v1/wallets/{wallet.wallet_id}/balance",
@@ -197,3 +224,39 @@ if __name__ == "__main__":
     asyncio.run(
         run_demo(state_path=Path("demo.json"), workdir=Path(".demo"), port=50051, rest_port=8080)
     )
+
+
+async def demo_transfer(
+    *, state_path: Path, from_wallet: str, to_wallet: str, token: str, amount: str
+) -> str:
+    """Move ``amount`` of an ERC-20 between two demo wallets on their (common) network."""
+    state = json.loads(await asyncio.to_thread(state_path.read_text))
+    wallets = {
+        w["wallet_id"]: w
+        for tenant in state["tenants"].values()
+        for customer_wallets in tenant["customers"].values()
+        for w in customer_wallets
+    }
+    for wallet_id in (from_wallet, to_wallet):
+        if wallet_id not in wallets:
+            raise InvalidArgument(f"{wallet_id} is not a demo wallet ({', '.join(wallets)})")
+    sender, receiver = wallets[from_wallet], wallets[to_wallet]
+    if sender["network"] != receiver["network"]:
+        raise InvalidArgument("both wallets must be on the same network")
+    network = state["networks"][sender["network"]]
+    if token not in network["tokens"]:
+        raise InvalidArgument(f"token must be one of {', '.join(network['tokens'])}")
+    try:
+        raw = Fraction(amount) * 10**STABLE_DECIMALS
+    except (ValueError, ZeroDivisionError):
+        raise InvalidArgument(f"amount {amount!r} is not a decimal number") from None
+    if raw.denominator != 1 or raw <= 0:
+        raise InvalidArgument(f"amount {amount!r} is not a positive amount with 6 decimals")
+    await transfer(
+        network["rpc_url"],
+        network["tokens"][token],
+        sender["address"],
+        receiver["address"],
+        int(raw),
+    )
+    return f"sent {amount} {token} from {from_wallet} to {to_wallet} on {sender['network']}"
