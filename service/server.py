@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +34,7 @@ from service.watch.cache_refresh import CacheRefresh
 from service.watch.events import ChangeListener, WatchedSource
 from service.watch.follower import BlockFollower
 from service.watch.hub import WatchHub
+from service.watch.new_heads import NewHeadsSubscription
 from service.watch.watches import BalanceWatches
 from service.webhooks.wiring import SERVICE_DESCRIPTOR as WEBHOOKS_SERVICE
 from service.webhooks.wiring import WebhookComponents, build_webhooks
@@ -79,6 +80,8 @@ class Components:
     watches: BalanceWatches  # the watch use cases behind the streaming RPCs
     followers: dict[str, BlockFollower]  # one per network; started by ``start_watching``
     webhooks: WebhookComponents  # config RPCs, the outbox emitter and the delivery worker
+    # newHeads over ws_url, where configured: wakes the network's follower on each block.
+    new_heads: list[NewHeadsSubscription] = field(default_factory=list)
 
     def add_watch(
         self, *, listener: ChangeListener | None = None, source: WatchedSource | None = None
@@ -94,9 +97,11 @@ class Components:
                 follower.add_source(source)
 
     def start_watching(self) -> None:
-        """Start every block follower (idempotent)."""
+        """Start every block follower and newHeads subscription (idempotent)."""
         for follower in self.followers.values():
             follower.start()
+        for subscription in self.new_heads:
+            subscription.start()
 
     async def start(self) -> None:
         """Start the background work: block followers and webhook delivery."""
@@ -109,6 +114,8 @@ class Components:
 
     async def aclose(self) -> None:
         self.hub.close()
+        for subscription in self.new_heads:
+            await subscription.aclose()
         for follower in self.followers.values():
             await follower.aclose()
         await self.webhooks.delivery.aclose()
@@ -171,6 +178,11 @@ async def build_components(settings: Settings) -> Components:
         BalanceWatches(directory, queries, hub),
         followers,
         build_webhooks(settings, directory),
+        [
+            NewHeadsSubscription(n.name, n.ws_url, followers[n.name].wake)
+            for n in settings.networks
+            if n.ws_url is not None
+        ],
     )
     emitter = components.webhooks.emitter
     components.add_watch(listener=emitter, source=emitter)

@@ -126,8 +126,9 @@ class BlockFollower:
 
     async def _run(self) -> None:
         while True:
-            await self.tick()
+            # Cleared before the tick: a wake that arrives during the tick is kept.
             self._wake.clear()
+            await self.tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
 
