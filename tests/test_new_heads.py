@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ from tests.stack import running_stack
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
-async def wait_until(condition: object, timeout: float = 10.0) -> None:
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition another component changes (it offers no event to wait on)."""
     async with asyncio.timeout(timeout):
-        while not condition():  # type: ignore[operator]
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from google.api import annotations_pb2
 
 from balances.v1 import balances_pb2 as pb
+from tests.processes import run_tool
 from tests.stack import Stack
 from tests.test_balances_api import expected_balances
 
@@ -33,7 +33,7 @@ async def node_client(
     for package in ("@grpc/grpc-js", "@grpc/proto-loader"):
         assert (NODE_MODULES / package).is_dir(), f"{package} missing: run npm install"
     assert (GOOGLEAPIS_PROTOS / "google" / "api" / "annotations.proto").is_file()
-    process = await asyncio.create_subprocess_exec(
+    code, out, err = await run_tool(
         node,
         str(CLIENT),
         target,
@@ -43,21 +43,11 @@ async def node_client(
         "--include",
         str(GOOGLEAPIS_PROTOS),
         cwd=PROJECT_ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        timeout=timeout,
     )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    lines = out.decode().splitlines()
+    lines = out.splitlines()
     assert len(lines) == 1, (out, err)
-    return process.returncode, json.loads(lines[0]), err.decode()
+    return code, json.loads(lines[0]), err
 
 
 async def test_node_client_reads_wallet_and_customer_balances(stack: Stack) -> None:
