@@ -31,7 +31,7 @@ from service.gateway.serve import RunningGateway, start_gateway
 from service.registry import WalletRegistry
 from service.tls import PrivateSocket, grpc_server_credentials, rest_ssl_context
 from service.watch.cache_refresh import CacheRefresh
-from service.watch.events import ChangeListener, WatchedSource
+from service.watch.events import ChangeListener, FollowerStateStore, WatchedSource
 from service.watch.follower import BlockFollower
 from service.watch.hub import WatchHub
 from service.watch.new_heads import NewHeadsSubscription
@@ -162,7 +162,7 @@ async def build_components(settings: Settings) -> Components:
 
     registry = WalletRegistry(directory, [n.name for n in settings.networks], forget_wallet)
     followers = {
-        n.name: _follower(settings, n.name, readers[n.name], queries, hub)
+        n.name: _follower(settings, readers[n.name], queries, hub, directory)
         for n in settings.networks
     }
     components = Components(
@@ -190,7 +190,11 @@ async def build_components(settings: Settings) -> Components:
 
 
 def _follower(
-    settings: Settings, network: str, reader: ChainReader, queries: BalanceQueries, hub: WatchHub
+    settings: Settings,
+    reader: ChainReader,
+    queries: BalanceQueries,
+    hub: WatchHub,
+    state_store: FollowerStateStore,
 ) -> BlockFollower:
     """A network's follower: the cache refresh first, then the hub (more via ``add_watch``)."""
     follower = BlockFollower(
@@ -198,6 +202,7 @@ def _follower(
         reader,
         poll_interval=settings.watch.poll_interval_seconds,
         read_timeout=settings.rpc_timeout_seconds,
+        state_store=state_store,
     )
     refresh = CacheRefresh(queries)
     follower.add_baseline_listener(refresh)

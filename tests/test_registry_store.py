@@ -413,13 +413,13 @@ async def test_migrates_an_empty_database(db_path: Path) -> None:
     await asyncio.to_thread(db_path.touch)  # an existing, empty file
     store = await SqliteWalletDirectory.open(db_path)
     try:
-        assert await store.schema_version() == len(MIGRATIONS) == 3
+        assert await store.schema_version() == len(MIGRATIONS) == 4
         key = new_api_key()
         await store.add_key(key.key_id, TENANT_A, key.digest)
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == 3
+        assert schema_version(connection) == 4
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         assert {"wallets", "api_keys", "wallets_by_customer_page"} <= tables
         columns = [row[1] for row in connection.execute("PRAGMA table_info(api_keys)")]
@@ -439,7 +439,7 @@ async def test_migrates_a_version_1_database_keeping_its_wallets(db_path: Path) 
         )
     store = await SqliteWalletDirectory.open(db_path)
     try:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == 4
         old = await store.list_wallets(TENANT_A, "cus_1", after=None, limit=10)
         assert [w.wallet_id for w in old] == ["wal_old_1", "wal_old_2"]
         assert old[0].created_at == datetime(2023, 5, 1, tzinfo=UTC)

@@ -242,3 +242,56 @@ async def test_follower_task_survives_errors_and_stops() -> None:
         await asyncio.sleep(0.01)
     assert follower.last_block == block(1)
     await follower.aclose()
+
+
+@aio
+async def test_a_restarted_follower_emits_the_net_change_of_its_downtime(tmp_path: Any) -> None:
+    """The last read is saved in the real SQLite directory and taken up by a new follower."""
+    from service.directory.sqlite import SqliteWalletDirectory
+
+    store = await SqliteWalletDirectory.open(tmp_path / "state.sqlite3")
+    try:
+        chain = FakeChain()
+        first = BlockFollower(NETWORK, chain, poll_interval=0.01, read_timeout=1, state_store=store)
+        first.add_source(Recorder())
+        assert await first.tick() == block(1)  # baseline, saved
+        # The service is down while the balance moves twice and blocks go by.
+        chain.amounts[2], chain.amounts[3], chain.head = 6, 9, 4
+        second = BlockFollower(
+            NETWORK, chain, poll_interval=0.01, read_timeout=1, state_store=store
+        )
+        recorder = Recorder()
+        second.add_listener(recorder)
+        second.add_source(recorder)
+        assert await second.tick() == block(4)
+        assert recorder.calls == [(4, [(5, 9)])]  # one net change, relative to the saved read
+        saved = await store.load_follower_state("polygon")
+        assert saved is not None and saved.block == block(4)
+        assert saved.balances == {ADDR: {"USDC": 9}}
+
+        # A chain behind the saved block (a different chain) is not followed blindly.
+        fresh_chain = FakeChain()
+        third = BlockFollower(
+            NETWORK, fresh_chain, poll_interval=0.01, read_timeout=1, state_store=store
+        )
+        third.add_listener(recorder)
+        third.add_source(recorder)
+        assert await third.tick() == block(1)  # a new baseline, no change emitted
+        assert recorder.calls == [(4, [(5, 9)])]
+    finally:
+        await store.close()
+
+
+@aio
+async def test_follower_state_keeps_uint256_amounts_exact(tmp_path: Any) -> None:
+    from service.directory.sqlite import SqliteWalletDirectory
+    from service.watch.events import FollowerState
+
+    store = await SqliteWalletDirectory.open(tmp_path / "state.sqlite3")
+    try:
+        state = FollowerState(block(7), {ADDR: {"USDC": 2**256 - 1, "ETH": 0}})
+        await store.save_follower_state(state)
+        assert await store.load_follower_state("polygon") == state
+        assert await store.load_follower_state("ethereum") is None
+    finally:
+        await store.close()

@@ -179,14 +179,14 @@ def test_refused_urls(url: str, reason: str) -> None:
 
 
 @aio
-async def test_migration_3_adds_webhook_tables(
+async def test_migrations_add_webhook_and_follower_tables(
     store: SqliteWalletDirectory, tmp_path: Path
 ) -> None:
-    assert await store.schema_version() == len(MIGRATIONS) == 3
+    assert await store.schema_version() == len(MIGRATIONS) == 4
     with closing(sqlite3.connect(tmp_path / "wallets.sqlite3")) as connection:
-        assert schema_version(connection) == 3
+        assert schema_version(connection) == 4
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-    assert {"webhook_configs", "webhook_outbox"} <= tables
+    assert {"webhook_configs", "webhook_outbox", "follower_state"} <= tables
 
 
 # ---------------------------------------------------------------- config use cases

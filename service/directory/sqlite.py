@@ -34,6 +34,7 @@ from service.errors import (
     NotFound,
     WalletNotFound,
 )
+from service.watch.events import BlockRef, FollowerState
 
 if TYPE_CHECKING:
     from service.directory.base import ApiKeyStore, WalletDirectory, WebhookStore
@@ -159,6 +160,12 @@ class SqliteWalletDirectory:
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
         return await self._run(_select_keys, tenant)
+
+    async def load_follower_state(self, network: str) -> FollowerState | None:
+        return await self._run(_select_follower_state, network)
+
+    async def save_follower_state(self, state: FollowerState) -> None:
+        await self._run(_write, _upsert_follower_state, state)
 
     async def webhook_config(self, tenant: str) -> WebhookConfig | None:
         return await self._run(_select_webhook_config, tenant)
@@ -531,6 +538,36 @@ _PENDING_HEADS = (
     " AND NOT EXISTS (SELECT 1 FROM webhook_outbox e WHERE e.wallet_id = o.wallet_id"
     " AND e.status = 'pending' AND e.seq < o.seq)"
 )
+
+
+def _select_follower_state(connection: sqlite3.Connection, network: str) -> FollowerState | None:
+    row = connection.execute(
+        "SELECT block_number, block_hash, block_timestamp, balances FROM follower_state"
+        " WHERE network = ?",
+        (network,),
+    ).fetchone()
+    if row is None:
+        return None
+    balances = {
+        address: {symbol: int(raw) for symbol, raw in amounts.items()}
+        for address, amounts in json.loads(row[3]).items()
+    }
+    return FollowerState(BlockRef(network, row[0], row[1], row[2]), balances)
+
+
+def _upsert_follower_state(connection: sqlite3.Connection, state: FollowerState) -> None:
+    balances = {
+        address: {symbol: str(raw) for symbol, raw in amounts.items()}
+        for address, amounts in state.balances.items()
+    }
+    block = state.block
+    connection.execute(
+        "INSERT INTO follower_state (network, block_number, block_hash, block_timestamp, balances)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (network) DO UPDATE SET"
+        " block_number = excluded.block_number, block_hash = excluded.block_hash,"
+        " block_timestamp = excluded.block_timestamp, balances = excluded.balances",
+        (block.network, block.number, block.hash, block.timestamp, json.dumps(balances)),
+    )
 
 
 def _select_webhook_config(connection: sqlite3.Connection, tenant: str) -> WebhookConfig | None:

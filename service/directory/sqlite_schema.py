@@ -92,6 +92,21 @@ MIGRATIONS: Sequence[Migration] = (
         "CREATE INDEX webhook_outbox_by_wallet ON webhook_outbox (wallet_id, status, seq)",
         "CREATE INDEX webhook_outbox_by_tenant ON webhook_outbox (tenant, created_at)",
     ),
+    # 4: what each network's block follower last read, so a restart compares the
+    # first new block with it (net change emitted) instead of starting blind.
+    # ``balances`` is JSON {address: {symbol: "raw integer"}}: uint256 exceeds SQLite's
+    # integers, so amounts are decimal strings.
+    (
+        """
+        CREATE TABLE follower_state (
+            network         TEXT PRIMARY KEY NOT NULL,
+            block_number    INTEGER NOT NULL,
+            block_hash      TEXT NOT NULL,
+            block_timestamp INTEGER NOT NULL,
+            balances        TEXT NOT NULL
+        )
+        """,
+    ),
 )
 
 

@@ -14,7 +14,14 @@ from typing import Protocol
 
 from service.domain import Snapshot
 
-__all__ = ["BalanceChange", "BlockRef", "ChangeListener", "WatchedSource"]
+__all__ = [
+    "BalanceChange",
+    "BlockRef",
+    "ChangeListener",
+    "FollowerState",
+    "FollowerStateStore",
+    "WatchedSource",
+]
 
 
 @dataclass(frozen=True)
@@ -51,3 +58,19 @@ class WatchedSource(Protocol):
     async def watched_addresses(self, network: str) -> set[str]:
         """Checksummed addresses on ``network`` someone wants followed right now."""
         ...
+
+
+@dataclass(frozen=True)
+class FollowerState:
+    """What a follower last read: the block and every watched address's raw amounts."""
+
+    block: BlockRef
+    balances: dict[str, dict[str, int]]
+
+
+class FollowerStateStore(Protocol):
+    """Where followers keep their last read across restarts."""
+
+    async def load_follower_state(self, network: str) -> FollowerState | None: ...
+
+    async def save_follower_state(self, state: FollowerState) -> None: ...

@@ -15,6 +15,9 @@ listeners are told, so a watch started from a stale cache learns the truth).
   parentHash differs, or the same height with another hash, is logged as a
   reorg; changes are still computed against the last emitted state.
 - Nobody watching: no upstream call at all (the next watched read is a baseline).
+- Restarts: with a ``FollowerStateStore`` the last read is saved after every
+  processed block and restored at start, so the first block after a restart
+  is compared with it and the net change of the downtime is emitted once.
 - Failures (node down, timeouts) are logged without URLs and retried on the
   next tick.  A listener that fails makes the whole block be retried (the
   state is only committed when every listener accepted it); listeners must
@@ -33,7 +36,14 @@ from typing import Any, Protocol
 from service.config import NetworkSettings
 from service.domain import Snapshot
 from service.errors import BalancesError
-from service.watch.events import BalanceChange, BlockRef, ChangeListener, WatchedSource
+from service.watch.events import (
+    BalanceChange,
+    BlockRef,
+    ChangeListener,
+    FollowerState,
+    FollowerStateStore,
+    WatchedSource,
+)
 
 __all__ = ["BaselineListener", "BlockFollower", "FollowedChain"]
 
@@ -75,8 +85,11 @@ class BlockFollower:
         *,
         poll_interval: float,
         read_timeout: float,
+        state_store: FollowerStateStore | None = None,
     ) -> None:
         self.network = network
+        self._store = state_store
+        self._restored = state_store is None
         self._chain = chain
         self._poll_interval = poll_interval
         self._read_timeout = read_timeout
@@ -165,7 +178,29 @@ class BlockFollower:
         )
         self._failing = True
 
+    async def _restore(self) -> None:
+        """Take up the saved read, unless the chain is behind it (then start over)."""
+        assert self._store is not None
+        saved = await self._store.load_follower_state(self.network.name)
+        if saved is not None:
+            head = await self._chain.head_number()
+            if saved.block.number > head:
+                log.warning(
+                    "network %s: saved follower state is at block %d but the chain's head is %d;"
+                    " starting over",
+                    self.network.name, saved.block.number, head,
+                )  # fmt: skip
+            else:
+                self._state, self._last = saved.balances, saved.block
+                log.info(
+                    "network %s: resuming from block %d (%d addresses)",
+                    self.network.name, saved.block.number, len(saved.balances),
+                )  # fmt: skip
+        self._restored = True
+
     async def _step(self) -> BlockRef | None:
+        if not self._restored:
+            await self._restore()
         addresses = await self._watched()
         if not addresses:  # nobody is watching: no upstream call at all
             self._state, self._last = {}, None
@@ -186,7 +221,12 @@ class BlockFollower:
         changes, fresh = self._compare(snapshot)
         if not await self._notify(block, changes, fresh, snapshot):
             return None  # not committed: the next tick tries again
-        self._state = {a: dict(snapshot.balances[a]) for a in snapshot.balances}
+        state = {a: dict(snapshot.balances[a]) for a in snapshot.balances}
+        if self._store is not None:
+            # Saved before it counts as read: a crash now re-reads this block after a
+            # restart, and the listeners are idempotent for it.
+            await self._store.save_follower_state(FollowerState(block, state))
+        self._state = state
         self._last = block
         return block
 
