@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -396,3 +397,23 @@ async def test_every_balances_route_answers_json_that_conforms_to_openapi(
             body = json.loads(line)
             assert set(body) == {"result"} and body["result"]["initial"] is True
             assert_valid(document, ok_schema(document, template), body)
+
+
+async def test_an_unreachable_grpc_server_is_503_without_internal_addresses() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    channel = aio.insecure_channel(dead)
+    routes = routes_of(balances_pb2.DESCRIPTOR.services_by_name.values())
+    runner, base = await _serve_gateway(build_gateway_app(channel, routes, LIMITS, title="B"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            gateway = Gateway(base, http)
+            status, body, _ = await gateway.request(
+                "GET", "/v1/wallets/wal_a/balance", headers={"Grpc-Timeout": "2S"}
+            )
+    finally:
+        await runner.cleanup()
+        await channel.close()
+    assert status == 503
+    assert body == {"code": 14, "message": "the service is unavailable", "details": []}

@@ -206,13 +206,17 @@ class _Handler:
 
     def _rpc_error(self, exc: aio.AioRpcError, request_id: str) -> web.Response:
         trailers = tuple(exc.trailing_metadata() or ())
-        headers = response_headers(exc.initial_metadata() or (), trailers)
+        initial = tuple(exc.initial_metadata() or ())
+        headers = response_headers(initial, trailers)
         headers["X-Request-Id"] = request_id
+        message = exc.details() or ""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not trailers and not initial:
+            # The channel's own failure (no server answered): its text names internal
+            # addresses ("ipv4:10.0.0.5:50051: Connection refused"), so it stays in the log.
+            log.warning("REST [%s]: the gRPC server did not answer: %s", request_id, message)
+            message = "the service is unavailable"
         return error_response(
-            exc.code(),
-            exc.details() or "",
-            details=details_from_trailers(trailers),
-            headers=headers,
+            exc.code(), message, details=details_from_trailers(trailers), headers=headers
         )
 
     def _server_stream(self, route: Route) -> aio.UnaryStreamMultiCallable[Any, Any]:
