@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 
 from service.addresses import parse_address
+from service.bounded_json import loads_bounded
 from service.directory.base import WalletCursor, WalletDirectory
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
 from service.errors import CustomerNotFound, InvalidArgument, WalletNotFound
@@ -92,17 +93,16 @@ def _decode_token(token: str, customer_id: str) -> WalletCursor:
     """The cursor in ``token``; any token this service did not make is INVALID_ARGUMENT.
 
     Tokens this service makes are a few hundred characters at most, so a longer
-    one is refused before it is parsed: deeply nested JSON would otherwise
-    recurse in the C JSON parser, and with the recursion limit that py_ecc
-    (imported by web3) raises to 100000, overflow the C stack and crash the
-    process.  A forged time whose conversion to UTC leaves datetime's range
-    (OverflowError) is caught here too, not left to surface as INTERNAL.
+    one is refused before it is even decoded; the JSON inside is parsed with
+    ``loads_bounded`` (deep nesting would crash the C decoder).  A forged time
+    whose conversion to UTC leaves datetime's range (OverflowError) is caught
+    here too, not left to surface as INTERNAL.
     """
     if len(token) > _MAX_TOKEN_CHARS:
         raise InvalidArgument("page_token is invalid")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
+        payload = loads_bounded(raw)
         created_at = datetime.fromisoformat(payload["t"])
         if created_at.tzinfo is None:
             raise ValueError("naive time")

@@ -29,6 +29,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from service.addresses import parse_address
+from service.bounded_json import TooDeep, loads_bounded
 from service.directory.base import WalletDirectory, WalletRow
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
 from service.errors import ImportRejected, InvalidArgument
@@ -89,41 +90,11 @@ def _read_numbered(path: Path, known_networks: Collection[str]) -> Numbered:
     return _validated(records, known_networks)
 
 
-_MAX_JSON_DEPTH = 32
-
-
-def _json_depth(text: str) -> int:
-    """The deepest nesting of arrays/objects in ``text``, ignoring string contents.
-
-    Checked before ``json.loads``: py_ecc (pulled in by web3) raises Python's
-    recursion limit so far that a deeply nested file would crash the C decoder
-    instead of raising RecursionError.
-    """
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def _json_records(text: str) -> list[tuple[int, Record]]:
-    if _json_depth(text) > _MAX_JSON_DEPTH:
-        raise ImportRejected(f"not valid JSON: nested deeper than {_MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(text)
+        data = loads_bounded(text)
+    except TooDeep as error:
+        raise ImportRejected(f"not valid JSON: {error}") from None
     except json.JSONDecodeError as error:
         raise ImportRejected(
             f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"

@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from service.bounded_json import loads_bounded
 from service.gateway.errors import GatewayError
 from service.gateway.routes import RouteMatch
 
@@ -76,8 +77,8 @@ def build_request(
 
 def _fill_body(message: Message, body_field: str, raw: bytes) -> set[str]:
     try:
-        data: Any = json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        data: Any = loads_bounded(raw) if raw.strip() else {}
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, TooDeep
         raise _bad(f"request body is not valid JSON: {exc}") from None
     if body_field == "*":
         if not isinstance(data, dict):
