@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
 from service.api.tenancy import current_tenant
 from service.auth.authenticator import Authenticator
 
@@ -51,11 +52,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 current_tenant.set(await authenticate(_api_key(context)))
                 return await unary(request, context)  # type: ignore[arg-type]
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_unary_behaviour(handler, unary_guarded)
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
@@ -66,9 +63,5 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for item in stream(request, context):  # type: ignore[arg-type, attr-defined]
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream_guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_unary_stream_behaviour(handler, stream_guarded)
         raise RuntimeError(f"{handler_call_details.method}: no authentication for this kind")

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
 from service.api.status import status_for
 from service.errors import BalancesError
 
@@ -65,11 +66,7 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 except Exception as exc:
                     await _abort(exc, context, method, request_id)
 
-            return grpc.unary_unary_rpc_method_handler(
-                guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_unary_behaviour(handler, guarded)
         if handler.unary_stream is not None and not inspect.isasyncgenfunction(
             handler.unary_stream
         ):
@@ -83,11 +80,7 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 except Exception as exc:
                     await _abort(exc, context, method, request_id)
 
-            return grpc.unary_stream_rpc_method_handler(
-                writer_guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_unary_stream_behaviour(handler, writer_guarded)
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
@@ -101,11 +94,7 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 except Exception as exc:
                     await _abort(exc, context, method, request_id)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream_guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return with_unary_stream_behaviour(handler, stream_guarded)
         return handler
 
 

@@ -68,8 +68,8 @@ class _Handler:
         self._table = table
         self._limits = limits
         self._openapi = json.dumps(openapi_document(table.routes, title=title, version="v1"))
-        self._callables: dict[str, aio.UnaryUnaryMultiCallable[Any, Any]] = {}
-        self._stream_callables: dict[str, aio.UnaryStreamMultiCallable[Any, Any]] = {}
+        # grpc path -> a unary-unary or unary-stream multicallable, as the RPC is
+        self._callables: dict[str, Any] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.raw_path
@@ -144,7 +144,7 @@ class _Handler:
         request_id: str,
     ) -> web.Response:
         route = found.route
-        call = self._unary(route)(message, metadata=tuple(metadata), timeout=timeout)
+        call = self._callable(route)(message, metadata=tuple(metadata), timeout=timeout)
         try:
             response = await call
         except aio.AioRpcError as exc:
@@ -169,7 +169,7 @@ class _Handler:
         request_id: str,
     ) -> web.StreamResponse:
         route = found.route
-        call = self._server_stream(route)(message, metadata=tuple(metadata), timeout=timeout)
+        call = self._callable(route)(message, metadata=tuple(metadata), timeout=timeout)
         try:
             messages = call.__aiter__()
             try:
@@ -219,27 +219,24 @@ class _Handler:
             exc.code(), message, details=details_from_trailers(trailers), headers=headers
         )
 
-    def _server_stream(self, route: Route) -> aio.UnaryStreamMultiCallable[Any, Any]:
-        callable_ = self._stream_callables.get(route.grpc_path)
-        if callable_ is None:
-            callable_ = self._channel.unary_stream(
-                route.grpc_path,
-                request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=route.response_class.FromString,
-            )
-            self._stream_callables[route.grpc_path] = callable_
-        return callable_
-
-    def _unary(self, route: Route) -> aio.UnaryUnaryMultiCallable[Any, Any]:
+    def _callable(self, route: Route) -> Any:
+        """The channel's multicallable for the route's RPC, made once per RPC."""
         callable_ = self._callables.get(route.grpc_path)
         if callable_ is None:
-            callable_ = self._channel.unary_unary(
+            make = (
+                self._channel.unary_stream if route.server_streaming else self._channel.unary_unary
+            )
+            callable_ = make(
                 route.grpc_path,
-                request_serializer=lambda m: m.SerializeToString(),
+                request_serializer=_serialize,
                 response_deserializer=route.response_class.FromString,
             )
             self._callables[route.grpc_path] = callable_
         return callable_
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 async def _next_while_connected(messages: AsyncIterator[Message], request: web.Request) -> Any:
