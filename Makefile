@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: demo test install generate check-generated lint pytest clean
+.PHONY: demo test install generate check-generated lint pytest test-unit clean
 
 demo: install  ## Start two local chains, deploy, import demo wallets, serve.
 	$(BIN)/balances demo
@@ -37,9 +37,13 @@ lint: install generate
 	$(BIN)/ruff check service tests scripts
 	$(BIN)/ruff format --check service tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 pytest: install
 	$(BIN)/pytest -q
+
+test-unit: install  ## The fast half: no sockets, no subprocesses, no chains.
+	$(BIN)/pytest -q tests/unit
 
 clean:
 	rm -rf .build .pytest_cache .mypy_cache .ruff_cache

@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Mapping
 
-from service.cache import SnapshotCache
-from service.directory.base import WalletDirectory
 from service.domain import (
     CustomerBalances,
     Snapshot,
@@ -29,19 +26,12 @@ from service.domain import (
 )
 from service.errors import ChainUnavailable
 from service.money import round_half_even, value_of
+from service.ports import SnapshotCache, SnapshotSource, WalletReader
 from service.pricing import token_price
 
-__all__ = ["BalanceQueries", "SnapshotSource"]
+__all__ = ["BalanceQueries"]
 
 log = logging.getLogger(__name__)
-
-
-class SnapshotSource(Protocol):
-    """Reads one network at one block (``service.chain.reader.ChainReader``)."""
-
-    async def snapshot(
-        self, addresses: Sequence[str], *, with_prices: bool, timeout: float
-    ) -> Snapshot: ...
 
 
 class BalanceQueries:
@@ -49,13 +39,13 @@ class BalanceQueries:
 
     def __init__(
         self,
-        directory: WalletDirectory,
+        directory: WalletReader,
         sources: Mapping[str, SnapshotSource],
         tokens: Mapping[str, tuple[Token, ...]],
         cache: SnapshotCache,
         *,
         base_currency: str,
-        base_currency_digits: int,
+        minor_unit_digits: int,
         read_timeout: float,
     ) -> None:
         self._directory = directory
@@ -63,7 +53,7 @@ class BalanceQueries:
         self._tokens = tokens
         self._cache = cache
         self._base_currency = base_currency
-        self._base_digits = base_currency_digits
+        self._minor_unit_digits = minor_unit_digits
         self._read_timeout = read_timeout
         self._inflight: dict[str, asyncio.Task[Snapshot]] = {}
 
@@ -104,12 +94,12 @@ class BalanceQueries:
                 values.append(value_of(held, token.decimals, price))
         return CustomerBalances(
             customer_id=customer_id,
-            total=round_half_even(values, self._base_digits),
+            total=round_half_even(values, self._minor_unit_digits),
             total_currency=self._base_currency,
             wallets=tuple(self._wallet_balance(w, by_network[w.network]) for w in wallets),
         )
 
-    async def forget_address(self, network: str, address: str) -> None:
+    async def wallet_deleted(self, network: str, address: str) -> None:
         """Drop the cached single-address snapshots of a wallet that was deleted.
 
         Multi-address (customer) snapshots need no dropping: a customer's

@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "TooDeep", "loads_bounded"]
+from service.errors import TooDeep
+
+__all__ = ["MAX_DEPTH", "loads_bounded"]
 
 MAX_DEPTH = 32
-
-
-class TooDeep(ValueError):
-    def __init__(self, max_depth: int) -> None:
-        super().__init__(f"nested deeper than {max_depth} levels")
 
 
 def loads_bounded(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:

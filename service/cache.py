@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from aiocache import SimpleMemoryCache
 
 from service.domain import Snapshot
 
-__all__ = ["MemorySnapshotCache", "SnapshotCache"]
-
-
-class SnapshotCache(Protocol):
-    """Where recent snapshots are kept.  Only successful reads are ever stored."""
-
-    async def get(self, key: str) -> Snapshot | None: ...
-
-    async def set(self, key: str, snapshot: Snapshot) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def aclose(self) -> None: ...
+__all__ = ["MemorySnapshotCache"]
 
 
 class MemorySnapshotCache:

@@ -1,6 +1,7 @@
 """The ``balances`` command: serve, import wallets, manage API keys and the schema, run the demo.
 
-The only module that reads the environment and prints.
+The only module that reads the environment and prints.  Every failure is one
+line on stderr and a non-zero exit, mapped in one place (``main``).
 """
 
 from __future__ import annotations
@@ -8,20 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from service.config import CONFIG_ENV_VAR, Settings, load_settings
-from service.domain import DEFAULT_TENANT, parse_tenant
-from service.errors import BalancesError, ConfigError, ImportRejected, InvalidArgument
+from service.domain import DEFAULT_TENANT
+from service.errors import BalancesError, ConfigError, ImportRejected, StartupError
+from service.gateway.limits import RestLimits
 from service.logs import setup_logging
-
-if TYPE_CHECKING:
-    from service.directory.sqlite import SqliteWalletDirectory
+from service.settings import CONFIG_ENV_VAR, RestSettings, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -33,16 +29,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"balances: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"configuration error: {exc}", 2)
     except ImportRejected as exc:
-        print(f"balances: import rejected, nothing was written: {exc}", file=sys.stderr)
-        return 1
-    except BalancesError as exc:
-        print(f"balances: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"import rejected, nothing was written: {exc}")
+    except (BalancesError, StartupError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # a file the user named cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or type(exc).__name__}{where}")
     except KeyboardInterrupt:
         return 130
+    return code
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"balances: {message}", file=sys.stderr)
     return code
 
 
@@ -111,9 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         "gateway", help="run only the REST shim, proxying to a gRPC server (a sidecar)"
     )
     gateway.add_argument("--grpc-target", required=True, metavar="HOST:PORT")
-    gateway.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
-    gateway.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    gateway.add_argument("--default-timeout", type=float, default=30.0, metavar="SECONDS")
+    gateway.add_argument("--listen", default=RestSettings.listen, metavar="HOST:PORT")
+    gateway.add_argument("--max-body-bytes", type=int, default=RestLimits.max_body_bytes)
+    gateway.add_argument(
+        "--default-timeout",
+        type=float,
+        default=RestLimits.default_timeout_seconds,
+        metavar="SECONDS",
+    )
     gateway.set_defaults(run=_gateway)
 
     demo = commands.add_parser(
@@ -156,180 +162,81 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, log_level: str | None = None) -> Settings:
     path = args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)
     settings = load_settings(path)
-    setup_logging(u for n in settings.networks for u in n.rpc_urls)
+    setup_logging((u for n in settings.networks for u in n.rpc_urls), level=log_level)
     return settings
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+def _quiet_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a one-shot command: its output is the answer, logs only warn."""
+    return _settings(args, log_level=os.environ.get("BALANCES_LOG_LEVEL", "WARNING"))
 
-    settings = _settings(args)
-    asyncio.run(serve(settings))
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.run import serve
+
+    asyncio.run(serve(_settings(args)))
     return 0
 
 
 def _import_wallets(args: argparse.Namespace) -> int:
-    from service.directory.importfile import import_wallet_file
-    from service.directory.sqlite import SqliteWalletDirectory
+    from service import commands
 
-    parse_tenant(args.tenant)
-    settings = _settings(args)
-
-    async def run() -> int:
-        directory = await SqliteWalletDirectory.open(settings.directory_path)
-        try:
-            wallets = await import_wallet_file(
-                directory, args.file, args.tenant, [n.name for n in settings.networks]
-            )
-        finally:
-            await directory.close()
-        print(f"imported {len(wallets)} wallets into {settings.directory_path}")
-        return 0
-
-    return asyncio.run(run())
+    print(asyncio.run(commands.import_wallets(_quiet_settings(args), args.file, args.tenant)))
+    return 0
 
 
 def _create_key(args: argparse.Namespace) -> int:
-    from service.auth.keys import new_api_key
+    from service import commands
 
-    tenant = parse_tenant(args.tenant)
-    settings = _settings(args)
-
-    async def run(directory: SqliteWalletDirectory) -> int:
-        key = new_api_key()
-        record = await directory.add_key(key.key_id, tenant, key.digest)
-        print(key.plaintext, flush=True)
-        print(
-            f"created API key {record.key_id} for tenant {record.tenant};"
-            " it is shown only this once: store it now",
-            file=sys.stderr,
-        )
-        return 0
-
-    return asyncio.run(_with_directory(settings, run))
+    created = asyncio.run(commands.create_key(_quiet_settings(args), args.tenant))
+    print(created.plaintext, flush=True)
+    print(created.note, file=sys.stderr)
+    return 0
 
 
 def _revoke_key(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    from service import commands
 
-    async def run(directory: SqliteWalletDirectory) -> int:
-        record = await directory.revoke_key(args.key_id)
-        assert record.revoked_at is not None
-        print(
-            f"revoked API key {record.key_id} of tenant {record.tenant}"
-            f" (at {_shown_time(record.revoked_at)})"
-        )
-        return 0
-
-    return asyncio.run(_with_directory(settings, run))
+    print(asyncio.run(commands.revoke_key(_quiet_settings(args), args.key_id)))
+    return 0
 
 
 def _list_keys(args: argparse.Namespace) -> int:
-    tenant = None if args.tenant is None else parse_tenant(args.tenant)
-    settings = _settings(args)
+    from service import commands
 
-    async def run(directory: SqliteWalletDirectory) -> int:
-        records = await directory.list_keys(tenant)
-        rows = [("KEY ID", "TENANT", "CREATED", "REVOKED")] + [
-            (
-                r.key_id,
-                r.tenant,
-                _shown_time(r.created_at),
-                "-" if r.revoked_at is None else _shown_time(r.revoked_at),
-            )
-            for r in records
-        ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-            print("  ".join(cells).rstrip())
-        return 0
-
-    return asyncio.run(_with_directory(settings, run))
+    for line in asyncio.run(commands.list_keys(_quiet_settings(args), args.tenant)):
+        print(line)
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    from service import commands
 
-    async def run(directory: SqliteWalletDirectory) -> int:
-        version = await directory.schema_version()
-        print(f"wallet directory {settings.directory_path} is at schema version {version}")
-        return 0
-
-    return asyncio.run(_with_directory(settings, run))
+    print(asyncio.run(commands.migrate(_quiet_settings(args))))
+    return 0
 
 
 def _replay_webhooks(args: argparse.Namespace) -> int:
-    from service.webhooks.manage import WebhookManagement
+    from service import commands
 
-    tenant = None if args.tenant is None else parse_tenant(args.tenant)
-    since = _parse_since(args.since)
-    settings = _settings(args)
-
-    async def run(directory: SqliteWalletDirectory) -> int:
-        count = await WebhookManagement(directory, settings.webhooks).replay(tenant, since)
-        whose = "" if tenant is None else f" of tenant {tenant}"
-        print(f"requeued {count} webhook events{whose} created since {_shown_time(since)}")
-        return 0
-
-    return asyncio.run(_with_directory(settings, run))
-
-
-def _parse_since(text: str) -> datetime:
-    try:
-        since = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidArgument(
-            f"--since {text[:40]!r} is not an ISO 8601 time like 2024-01-15T10:30:00Z"
-        ) from None
-    if since.tzinfo is None:
-        raise InvalidArgument("--since needs a time zone, e.g. 2024-01-15T10:30:00Z")
-    return since
-
-
-async def _with_directory(
-    settings: Settings, run: Callable[[SqliteWalletDirectory], Awaitable[int]]
-) -> int:
-    """Open (and so migrate) the configured directory, ``run`` with it, close it."""
-    from service.directory.sqlite import SqliteWalletDirectory
-
-    directory = await SqliteWalletDirectory.open(settings.directory_path)
-    try:
-        return await run(directory)
-    finally:
-        await directory.close()
-
-
-def _shown_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = commands.parse_since(args.since)
+    settings = _quiet_settings(args)
+    print(asyncio.run(commands.replay_webhooks(settings, args.tenant, since)))
+    return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from service.gateway.app import GatewayLimits
-    from service.gateway.serve import start_gateway
-    from service.server import API_SERVICES
+    from service.gateway.sidecar import run_sidecar
 
     setup_logging()
-    limits = GatewayLimits(
+    limits = RestLimits(
         max_body_bytes=args.max_body_bytes, default_timeout_seconds=args.default_timeout
     )
-
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        gateway = await start_gateway(args.grpc_target, args.listen, API_SERVICES, limits)
-        try:
-            await stop.wait()
-        finally:
-            await gateway.aclose()
-        return 0
-
-    return asyncio.run(run())
+    asyncio.run(run_sidecar(args.grpc_target, args.listen, limits))
+    return 0
 
 
 def _demo_transfer(args: argparse.Namespace) -> int:

@@ -11,13 +11,12 @@ import asyncio
 import json
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from service.auth.keys import new_api_key
-from service.config import Settings, load_settings
 from service.devchain.anvil import AnvilNode
 from service.devchain.deploy import transfer
 from service.devchain.receiver import DemoReceiver
@@ -27,17 +26,19 @@ from service.devchain.world import (
     STABLE_DECIMALS,
     DemoWallet,
     DemoWorld,
+    demo_settings,
     demo_wallets,
     deploy_network,
     fund_wallets,
-    render_config,
     write_wallet_file,
 )
-from service.directory.importfile import import_wallet_file
-from service.directory.sqlite import SqliteWalletDirectory
 from service.errors import InvalidArgument
+from service.importfile import import_wallet_file
 from service.logs import setup_logging
-from service.server import ServingPorts, serve
+from service.run import ServingPorts, serve
+from service.settings import Settings, WatchSettings, WebhookSettings
+from service.settings.render import render_settings
+from service.store.sqlite import open_sqlite_stores
 from service.webhooks.manage import WebhookManagement
 
 __all__ = ["run_demo"]
@@ -56,19 +57,25 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
             log.info("chain %s (id %d) at %s", plan.name, plan.chain_id, node.url)
         await fund_wallets(world, demo_wallets())
 
-        config_path = workdir / "balances.toml"
-        config_path.write_text(
-            render_config(
+        settings = replace(
+            demo_settings(
                 world,
                 listen=f"127.0.0.1:{port}",
                 rest_listen=f"127.0.0.1:{rest_port}",
-                directory_path="balances.sqlite3",
-            )
+                directory_path=(workdir / "balances.sqlite3").absolute(),
+            ),
             # Follow blocks every second; let the demo's receiver take plain http.
-            + "\n[watch]\npoll_interval_seconds = 1\n"
-            + '\n[webhooks]\nallow_http_hosts = ["127.0.0.1"]\n'
+            watch=WatchSettings(poll_interval_seconds=1),
+            webhooks=WebhookSettings(allow_http_hosts=("127.0.0.1",)),
         )
-        settings = load_settings(config_path)
+        # For the user: `balances wallets ... --config` against the running demo.
+        config_path = workdir / "balances.toml"
+        config_path.write_text(
+            render_settings(
+                settings,
+                comment="Written by the Balances demo; see config/example.toml for real chains.",
+            )
+        )
         receiver = DemoReceiver()
         await receiver.start()
         stack.push_async_callback(receiver.aclose)
@@ -105,23 +112,23 @@ async def _register_tenants(
         "wal_carol_polygon", "cus_carol", "polygon", alice_polygon.address, alice_polygon.raw
     )
     plan = {"acme": list(world.wallets), "globex": [carol]}
-    directory = await SqliteWalletDirectory.open(settings.directory_path)
+    stores = await open_sqlite_stores(settings.directory_path)
     tenants = []
     try:
         for tenant, wallets in plan.items():
             wallets_path = workdir / f"wallets-{tenant}.json"
             write_wallet_file(wallets_path, wallets)
             await import_wallet_file(
-                directory, wallets_path, tenant, [n.name for n in settings.networks]
+                stores.wallets, wallets_path, tenant, [n.name for n in settings.networks]
             )
             key = new_api_key()
-            await directory.add_key(key.key_id, tenant, key.digest)
+            await stores.api_keys.add_key(key.key_id, tenant, key.digest)
             tenants.append(DemoTenant(tenant, key.plaintext, wallets))
-        webhooks = WebhookManagement(directory, settings.webhooks)
+        webhooks = WebhookManagement(stores.webhooks, settings.webhooks.policy)
         change = await webhooks.update_config("acme", receiver.url, [], rotate_secret=False)
         receiver.secret = change.config.secret
     finally:
-        await directory.close()
+        await stores.aclose()
     return tenants
 
 

@@ -14,15 +14,21 @@ from fractions import Fraction
 from service.errors import InvalidArgument
 
 __all__ = [
+    "BalanceChange",
+    "BlockHeader",
+    "BlockRef",
     "CustomerBalances",
     "FeedPrice",
+    "FollowerState",
     "PegPrice",
     "PriceSource",
+    "ReadDepth",
     "Snapshot",
     "Token",
     "TokenAmount",
     "Wallet",
     "WalletBalance",
+    "WebhookPolicy",
     "parse_customer_id",
     "parse_tenant",
     "parse_wallet_id",
@@ -169,3 +175,62 @@ class CustomerBalances:
     total: Fraction
     total_currency: str
     wallets: tuple[WalletBalance, ...]
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """The block a snapshot was read at."""
+
+    network: str
+    number: int
+    hash: str  # 0x-prefixed
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class BalanceChange:
+    """One currency of one address changed between two reads (raw on-chain integers)."""
+
+    network: str
+    address: str
+    symbol: str
+    decimals: int
+    previous: int
+    current: int
+
+
+@dataclass(frozen=True)
+class FollowerState:
+    """What a follower last read: the block and every watched address's raw amounts."""
+
+    block: BlockRef
+    balances: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    """What the chain says of one block (the chain adapter parses the node's JSON)."""
+
+    number: int
+    hash: str  # 0x-prefixed
+    parent_hash: str
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class ReadDepth:
+    """Which block of a network is read: head minus ``confirmations``, or (when 0) the
+    ``block_tag``'s block (``latest``, ``safe``, ``finalized``)."""
+
+    confirmations: int
+    block_tag: str
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """Where and how webhooks are sent: plain http only to ``allow_http_hosts``; each send
+    waits ``timeout_seconds``; retry ``n`` follows ``retry_schedule_seconds[n - 1]``."""
+
+    allow_http_hosts: tuple[str, ...]
+    timeout_seconds: float
+    retry_schedule_seconds: tuple[float, ...]

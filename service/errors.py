@@ -9,8 +9,14 @@
     ├── Unauthenticated           no API key, or not a valid one (never says which)
     ├── ChainUnavailable          a network or one of its tokens/feeds could not be read
     └── PriceUnavailable          a price needed for a total is missing or too old
-    ConfigError                   the configuration file is wrong (start-up only)
-    ImportRejected                a wallet import file is wrong; nothing was written
+    StartupError                  a command or the server cannot start (one line in the CLI)
+    ├── ConfigError               the configuration is wrong (names the dotted key)
+    ├── ImportRejected            a wallet import file is wrong; nothing was written
+    ├── SchemaTooNew              the database was written by a newer version
+    ├── CannotListen              a listen address is taken or not allowed
+    └── TemplateError             a google.api.http path template is malformed (a proto bug)
+    TooDeep (ValueError)          untrusted JSON nests too deep; each reader turns it into its
+                                  own error (InvalidArgument, ImportRejected, HTTP 400)
 
 Anything else that escapes a use case is a bug: the transport turns it into
 INTERNAL with a request ID and logs it, redacted.  Messages never carry an RPC
@@ -22,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExists",
     "BalancesError",
+    "CannotListen",
     "ChainUnavailable",
     "ConfigError",
     "CustomerNotFound",
@@ -29,6 +36,10 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PriceUnavailable",
+    "SchemaTooNew",
+    "StartupError",
+    "TemplateError",
+    "TooDeep",
     "Unauthenticated",
     "WalletNotFound",
 ]
@@ -89,7 +100,11 @@ class PriceUnavailable(BalancesError):
         self.token = token
 
 
-class ConfigError(Exception):
+class StartupError(Exception):
+    """A command or the server cannot start; the message is one line, safe to print."""
+
+
+class ConfigError(StartupError):
     """The configuration is invalid.  ``key`` is the dotted path of the offending key."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -98,10 +113,47 @@ class ConfigError(Exception):
         self.reason = reason
 
 
-class ImportRejected(Exception):
+class ImportRejected(StartupError):
     """A wallet import file is invalid; ``row`` is 1-based (None for whole-file problems)."""
 
     def __init__(self, reason: str, row: int | None = None) -> None:
         super().__init__(f"row {row}: {reason}" if row is not None else reason)
         self.row = row
         self.reason = reason
+
+
+class SchemaTooNew(StartupError):
+    """The database has a schema version newer than this version of the service knows.
+
+    ``database`` names the database safely (a file path, never a URL that may
+    carry a password).
+    """
+
+    def __init__(self, database: str, found: int, known: int) -> None:
+        super().__init__(
+            f"the database at {database} has schema version {found},"
+            f" newer than this version's {known}; upgrade balances"
+        )
+        self.database = database
+        self.found = found
+        self.known = known
+
+
+class CannotListen(StartupError):
+    """A listen address is already in use (or not allowed): nothing was started on it."""
+
+    def __init__(self, address: str, reason: str = "the address is in use") -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.address = address
+
+
+class TemplateError(StartupError):
+    """A ``google.api.http`` path template does not follow the grammar (a proto bug)."""
+
+
+class TooDeep(ValueError):
+    """Untrusted JSON nests deeper than allowed (see ``service.bounded_json``)."""
+
+    def __init__(self, max_depth: int) -> None:
+        super().__init__(f"nested deeper than {max_depth} levels")
+        self.max_depth = max_depth

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 
 from service.addresses import parse_address
 from service.bounded_json import loads_bounded
-from service.directory.base import WalletCursor, WalletDirectory
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
 from service.errors import CustomerNotFound, InvalidArgument, WalletNotFound
+from service.ports import WalletDirectory
+from service.records import WalletCursor
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "WalletPage", "WalletRegistry"]
 
@@ -28,16 +29,19 @@ MAX_PAGE_SIZE = 1000
 _MAX_TOKEN_CHARS = 512
 
 WalletPage = tuple[list[Wallet], str]
-Forget = Callable[[str, str], Awaitable[None]]
+WalletDeleted = Callable[[str, str], Awaitable[None]]
 
 
 class WalletRegistry:
     def __init__(
-        self, directory: WalletDirectory, networks: Collection[str], forget_balances: Forget
+        self,
+        directory: WalletDirectory,
+        networks: Collection[str],
+        on_wallet_deleted: WalletDeleted,
     ) -> None:
         self._directory = directory
         self._networks = tuple(networks)
-        self._forget_balances = forget_balances
+        self._on_wallet_deleted = on_wallet_deleted
 
     async def import_wallet(
         self, tenant: str, customer_id: str, network: str, address: str
@@ -79,7 +83,7 @@ class WalletRegistry:
         wallet = await self._directory.delete_wallet(
             tenant, customer_id, parse_wallet_id(wallet_id)
         )
-        await self._forget_balances(wallet.network, wallet.address)
+        await self._on_wallet_deleted(wallet.network, wallet.address)
         return wallet
 
 

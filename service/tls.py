@@ -1,7 +1,7 @@
 """Transport security from validated settings, and the gateway's private gRPC socket.
 
 ``grpc_server_credentials`` and ``rest_ssl_context`` turn ``TlsSettings`` (whose
-files ``service.config`` already proved readable and loadable) into what grpc
+files ``service.settings.tls`` already proved readable and loadable) into what grpc
 and aiohttp take.  ``PrivateSocket`` is a Unix socket in a fresh 0700 directory:
 the in-process REST gateway reaches gRPC through it, so it keeps working when
 the public port demands client certificates, and nothing else can connect.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from service.config import TlsSettings
+from service.settings.tls import TlsSettings
 
 __all__ = ["PrivateSocket", "grpc_server_credentials", "rest_ssl_context"]
 
@@ -45,7 +45,7 @@ def rest_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 
 
 def _no_passphrase() -> bytes:
-    # Never let OpenSSL prompt on a terminal; config.py already rejects encrypted keys.
+    # Never let OpenSSL prompt on a terminal; service.settings.tls already rejects encrypted keys.
     raise ValueError("encrypted private keys are not supported")
 
 

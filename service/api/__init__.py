@@ -1,0 +1,1 @@
+"""Transport: the gRPC servicers, interceptors, proto conversion and the status mapping."""

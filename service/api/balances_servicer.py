@@ -28,11 +28,11 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
     def __init__(
         self,
         queries: BalanceQueries,
-        currency_digits: int,
+        minor_unit_digits: int,
         watches: BalanceWatches | None = None,
     ) -> None:
         self._queries = queries
-        self._currency_digits = currency_digits
+        self._minor_unit_digits = minor_unit_digits
         self._watches = watches
 
     async def GetWalletBalance(
@@ -49,7 +49,7 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         balances = await self._queries.customer_balances(
             caller_tenant(), request.customer_id, context.time_remaining()
         )
-        return customer_balances_response(balances, self._currency_digits)
+        return customer_balances_response(balances, self._minor_unit_digits)
 
     async def WatchWalletBalance(
         self, request: pb.WatchWalletBalanceRequest, context: aio.ServicerContext[Any, Any]
@@ -66,7 +66,7 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         tenant = caller_tenant()
         async with aclosing(watches.watch_customer(tenant, request.customer_id)) as updates:
             async for update in updates:
-                yield customer_watch_response(update, self._currency_digits)
+                yield customer_watch_response(update, self._minor_unit_digits)
 
     async def _watching(self, context: aio.ServicerContext[Any, Any]) -> BalanceWatches:
         if self._watches is None:

@@ -6,8 +6,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import wallets_pb2 as wallets_pb
+from balances.v1 import webhooks_pb2 as webhooks_pb
 from service.domain import CustomerBalances, TokenAmount, Wallet, WalletBalance
 from service.money import format_amount, format_fraction
+from service.records import WebhookConfig
 from service.watch.hub import AmountChange, WalletUpdate, WatchUpdate
 from service.watch.watches import CustomerWatchUpdate
 
@@ -17,6 +19,7 @@ __all__ = [
     "wallet_balance_response",
     "wallet_message",
     "wallet_watch_response",
+    "webhook_config_message",
 ]
 
 
@@ -31,12 +34,12 @@ def wallet_balance_response(balance: WalletBalance) -> pb.GetWalletBalanceRespon
 
 
 def customer_balances_response(
-    balances: CustomerBalances, currency_digits: int
+    balances: CustomerBalances, minor_unit_digits: int
 ) -> pb.GetCustomerBalancesResponse:
     return pb.GetCustomerBalancesResponse(
         customer_id=balances.customer_id,
         total_balance=pb.Money(
-            amount=format_fraction(balances.total, currency_digits),
+            amount=format_fraction(balances.total, minor_unit_digits),
             currency=balances.total_currency,
         ),
         wallets=[
@@ -70,7 +73,7 @@ def wallet_watch_response(update: WatchUpdate) -> pb.WatchWalletBalanceResponse:
 
 
 def customer_watch_response(
-    message: CustomerWatchUpdate, currency_digits: int
+    message: CustomerWatchUpdate, minor_unit_digits: int
 ) -> pb.WatchCustomerBalancesResponse:
     response = pb.WatchCustomerBalancesResponse(
         customer_id=message.customer_id,
@@ -81,7 +84,7 @@ def customer_watch_response(
     if message.total is not None:
         response.total_balance.CopyFrom(
             pb.Money(
-                amount=format_fraction(message.total, currency_digits),
+                amount=format_fraction(message.total, minor_unit_digits),
                 currency=message.total_currency,
             )
         )
@@ -128,4 +131,17 @@ def wallet_message(wallet: Wallet) -> wallets_pb.Wallet:
         network=wallet.network,
         address=wallet.address,
         create_time=created,
+    )
+
+
+def webhook_config_message(config: WebhookConfig) -> webhooks_pb.WebhookConfig:
+    """A tenant's webhook config as the API shows it: never the secret."""
+    create_time, update_time = Timestamp(), Timestamp()
+    create_time.FromDatetime(config.created_at)
+    update_time.FromDatetime(config.updated_at)
+    return webhooks_pb.WebhookConfig(
+        url=config.url,
+        events=list(config.events),
+        create_time=create_time,
+        update_time=update_time,
     )

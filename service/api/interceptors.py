@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,20 +20,19 @@ from grpc import aio
 from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
 from service.api.status import status_for
 from service.errors import BalancesError
+from service.request_ids import accept_request_id
 
 __all__ = ["ErrorInterceptor", "request_id_of"]
 
 log = logging.getLogger(__name__)
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
 
 def request_id_of(context: aio.ServicerContext[Any, Any]) -> str:
-    """The caller's ``x-request-id`` when well-formed, else a new one."""
+    """The caller's ``x-request-id`` when well-formed, else a new one (``service.request_ids``)."""
     for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
-            return value
-    return uuid.uuid4().hex
+        if key == "x-request-id" and isinstance(value, str):
+            return accept_request_id(value)
+    return accept_request_id(None)
 
 
 class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -1,0 +1,1 @@
+"""API keys: their format and digests, and the authenticator use case."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from service.auth.keys import hash_key, key_id_of, keys_match
-from service.directory.base import ApiKeyStore
 from service.errors import Unauthenticated
+from service.ports import ApiKeyStore
 
 __all__ = ["Authenticator"]
 

@@ -1,0 +1,1 @@
+"""Chain adapter: JSON-RPC providers, Multicall3 payloads, snapshots and newHeads."""

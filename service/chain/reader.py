@@ -30,9 +30,9 @@ from service.chain.multicall import (
     encode_aggregate3,
 )
 from service.chain.rpc import RpcClient, RpcError
-from service.config import NetworkSettings
-from service.domain import FeedPrice, FeedReading, Snapshot, Token
+from service.domain import BlockHeader, FeedPrice, FeedReading, Snapshot, Token
 from service.errors import ChainUnavailable, ConfigError
+from service.settings import NetworkSettings
 
 __all__ = ["ChainReader"]
 
@@ -119,13 +119,24 @@ class ChainReader:
         """The node's latest block number."""
         return int(await self._request("eth_blockNumber", []), 16)
 
-    async def block_header(self, tag_or_number: str | int) -> dict[str, Any]:
-        """``eth_getBlockByNumber`` without transactions (number, hash, parentHash, timestamp)."""
+    async def block_header(self, tag_or_number: str | int) -> BlockHeader:
+        """``eth_getBlockByNumber`` without transactions, parsed; a malformed answer is
+        the node's fault (``ChainUnavailable``), never a crash."""
         tag = hex(tag_or_number) if isinstance(tag_or_number, int) else tag_or_number
         header = await self._request("eth_getBlockByNumber", [tag, False])
         if not isinstance(header, dict):
             raise ChainUnavailable(self.network.name, f"block {tag} is not available")
-        return header
+        try:
+            return BlockHeader(
+                number=int(header["number"], 16),
+                hash=str(header["hash"]),
+                parent_hash=str(header.get("parentHash", "")),
+                timestamp=int(header["timestamp"], 16),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChainUnavailable(
+                self.network.name, f"block {tag}: malformed header from the node"
+            ) from exc
 
     async def _block_selector(self) -> str:
         """The block tag or number every read of this snapshot is pinned to."""

@@ -1,0 +1,1 @@
+"""Dev tooling: Vyper contracts, anvil nodes and the demo world (never used in production)."""

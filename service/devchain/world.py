@@ -1,4 +1,4 @@
-"""A small world on local chains: tokens, price feeds, funded wallets, and its config.
+"""A small world on local chains: tokens, price feeds, funded wallets, and its settings.
 
 Used by ``balances demo`` and by the integration tests, so the demo is exactly
 what the tests prove.  Everything here is dev tooling: nothing in the service
@@ -8,8 +8,10 @@ imports it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from eth_utils.address import to_checksum_address
 
@@ -20,16 +22,25 @@ from service.devchain.deploy import (
     place_multicall3,
     set_native_balance,
 )
+from service.domain import Token
+from service.settings import (
+    NetworkSettings,
+    PriceSettings,
+    RestSettings,
+    Settings,
+    TokenSettings,
+)
 
 __all__ = [
     "DemoNetwork",
     "DemoWallet",
     "DemoWorld",
     "NetworkPlan",
+    "demo_settings",
+    "demo_tokens",
     "demo_wallets",
     "deploy_network",
     "fund_wallets",
-    "render_config",
     "write_wallet_file",
 ]
 
@@ -145,63 +156,54 @@ async def fund_wallets(world: DemoWorld, wallets: list[DemoWallet]) -> None:
         world.wallets.append(wallet)
 
 
-def render_config(
+def demo_tokens(network: DemoNetwork) -> tuple[Token, ...]:
+    """USDC and USDT pegged at 1, and the native coin priced by the network's feed."""
+    stable = PriceSettings(peg="1")
+    tokens = [
+        TokenSettings(symbol=symbol, decimals=STABLE_DECIMALS, address=address, price=stable)
+        for symbol, address in network.tokens.items()
+    ]
+    native = PriceSettings(feed=network.feed, max_age_seconds=86400)
+    tokens.append(
+        TokenSettings(symbol=network.native_symbol, decimals=18, native=True, price=native)
+    )
+    return tuple(token.token for token in tokens)
+
+
+def demo_settings(
     world: DemoWorld,
     *,
     listen: str,
-    directory_path: str,
+    directory_path: Path,
     rest_listen: str | None = None,
-    rpc_urls: dict[str, list[str]] | None = None,
+    rpc_urls: Mapping[str, Sequence[str]] | None = None,
     cache_ttl_seconds: float = 30,
-    extra_network_lines: dict[str, list[str]] | None = None,
-) -> str:
-    """A TOML configuration for the world (``rpc_urls`` overrides a network's URLs)."""
-    lines = [
-        "# Written by the Balances demo; see config/example.toml for real chains.",
-        "[server]",
-        f"listen = {json.dumps(listen)}",
-        "grace_period_seconds = 5",
-        "",
-        *([f"[rest]\nlisten = {json.dumps(rest_listen)}", ""] if rest_listen else []),
-        "[cache]",
-        f"ttl_seconds = {cache_ttl_seconds}",
-        "",
-        "[directory]",
-        f"path = {json.dumps(directory_path)}",
-        "",
-        "[chain]",
-        "rpc_timeout_seconds = 5",
-        "",
-    ]
-    for network in world.networks.values():
-        urls = (rpc_urls or {}).get(network.name, [network.rpc_url])
-        lines += [
-            "[[networks]]",
-            f"name = {json.dumps(network.name)}",
-            f"chain_id = {network.chain_id}",
-            f"rpc_urls = {json.dumps(urls)}",
-            f"multicall3 = {json.dumps(network.multicall3)}",
-            *(extra_network_lines or {}).get(network.name, []),
-            "",
-        ]
-        for symbol, address in network.tokens.items():
-            lines += [
-                "[[networks.tokens]]",
-                f"symbol = {json.dumps(symbol)}",
-                f"address = {json.dumps(address)}",
-                f"decimals = {STABLE_DECIMALS}",
-                'price = { peg = "1" }',
-                "",
-            ]
-        lines += [
-            "[[networks.tokens]]",
-            f"symbol = {json.dumps(network.native_symbol)}",
-            "native = true",
-            "decimals = 18",
-            f"price = {{ feed = {json.dumps(network.feed)}, max_age_seconds = 86400 }}",
-            "",
-        ]
-    return "\n".join(lines)
+    network_changes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Settings for the world (``rpc_urls`` overrides a network's URLs; ``network_changes``
+    replaces fields of a network's settings, e.g. ``{"polygon": {"confirmations": 2}}``)."""
+    networks = tuple(
+        NetworkSettings(
+            **{
+                "name": network.name,
+                "chain_id": network.chain_id,
+                "rpc_urls": tuple((rpc_urls or {}).get(network.name, [network.rpc_url])),
+                "multicall3": network.multicall3,
+                "tokens": demo_tokens(network),
+                **(network_changes or {}).get(network.name, {}),
+            }
+        )
+        for network in world.networks.values()
+    )
+    return Settings(
+        networks=networks,
+        listen=listen,
+        rest=RestSettings(listen=rest_listen) if rest_listen else None,
+        grace_period_seconds=5,
+        cache_ttl_seconds=cache_ttl_seconds,
+        directory_path=directory_path,
+        rpc_timeout_seconds=5,
+    )
 
 
 def write_wallet_file(path: Path, wallets: list[DemoWallet]) -> None:

@@ -1,0 +1,1 @@
+"""Transport: the REST shim (grpc-gateway semantics), its routes, transcoding and OpenAPI."""

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -28,12 +27,13 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from service.gateway.errors import GatewayError, details_from_trailers, error_response
+from service.gateway.limits import RestLimits
 from service.gateway.metadata import grpc_timeout, request_metadata, response_headers
 from service.gateway.openapi import openapi_document
 from service.gateway.routes import Route, RouteMatch, RouteTable
 from service.gateway.transcode import build_request
 
-__all__ = ["GatewayLimits", "build_gateway_app"]
+__all__ = ["build_gateway_app"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,8 @@ _JSON = "application/json"
 _DISCONNECT_CHECK_SECONDS = 0.5  # how often an idle stream looks for a departed client
 
 
-@dataclass(frozen=True)
-class GatewayLimits:
-    """Bounds that keep one client from holding the gateway."""
-
-    max_body_bytes: int = 1 << 20
-    body_read_timeout_seconds: float = 10.0
-    default_timeout_seconds: float = 30.0
-
-
 def build_gateway_app(
-    channel: aio.Channel, routes: Sequence[Route], limits: GatewayLimits, *, title: str
+    channel: aio.Channel, routes: Sequence[Route], limits: RestLimits, *, title: str
 ) -> web.Application:
     handler = _Handler(channel, RouteTable(routes), limits, title)
     app = web.Application(client_max_size=limits.max_body_bytes)
@@ -62,7 +53,7 @@ def build_gateway_app(
 
 class _Handler:
     def __init__(
-        self, channel: aio.Channel, table: RouteTable, limits: GatewayLimits, title: str
+        self, channel: aio.Channel, table: RouteTable, limits: RestLimits, title: str
     ) -> None:
         self._channel = channel
         self._table = table

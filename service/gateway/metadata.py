@@ -2,20 +2,22 @@
 
 Forwarded: ``X-API-Key`` (grpc-gateway's default matcher would drop it; the
 public API authenticates with it), ``Authorization``, ``Grpc-Metadata-<name>``
-as ``<name>``, ``X-Request-Id`` (made up when absent, so every REST call has
-one), and ``X-Forwarded-For`` with the peer address appended.
+as ``<name>``, ``X-Request-Id`` (kept when well-formed, else replaced, by the
+server's own policy in ``service.request_ids``, so every REST call has one and
+it is the ID the server uses), and ``X-Forwarded-For`` with the peer address
+appended.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
 
 from service.gateway.errors import GatewayError
+from service.request_ids import accept_request_id
 
 __all__ = ["grpc_timeout", "request_metadata", "response_headers"]
 
@@ -29,7 +31,7 @@ _RESERVED = ("grpc-", ":")
 def request_metadata(
     headers: Mapping[str, str] | Any, peer: str | None
 ) -> tuple[list[tuple[str, str]], str]:
-    """Metadata to send upstream, and the request ID (given or generated)."""
+    """Metadata to send upstream, and the request ID (the given one when well-formed)."""
     metadata: list[tuple[str, str]] = []
     for name, value in headers.items():
         lower = name.lower()
@@ -46,8 +48,9 @@ def request_metadata(
                     grpc.StatusCode.INVALID_ARGUMENT, f"header {name} is not forwardable metadata"
                 )
             metadata.append((key, _ascii(value, name)))
-    request_id = headers.get("X-Request-Id") or uuid.uuid4().hex
-    metadata.append(("x-request-id", _ascii(request_id, "X-Request-Id")))
+    request_id = accept_request_id(headers.get("X-Request-Id"))
+    # First: the server takes the first x-request-id (a Grpc-Metadata-X-Request-Id comes later).
+    metadata.insert(0, ("x-request-id", request_id))
     forwarded = [v.strip() for v in headers.get("X-Forwarded-For", "").split(",") if v.strip()]
     if peer:
         forwarded.append(peer)

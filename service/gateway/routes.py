@@ -15,7 +15,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from service.gateway.template import PathTemplate, TemplateError
+from service.errors import TemplateError
+from service.gateway.template import PathTemplate
 
 __all__ = ["Route", "RouteMatch", "RouteTable", "routes_of"]
 

@@ -11,7 +11,9 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 
-from service.gateway.app import GatewayLimits, build_gateway_app
+from service.errors import CannotListen
+from service.gateway.app import build_gateway_app
+from service.gateway.limits import RestLimits
 from service.gateway.routes import routes_of
 
 __all__ = ["RunningGateway", "start_gateway"]
@@ -25,8 +27,13 @@ class RunningGateway:
     channel: aio.Channel
     port: int
 
+    closed: bool = False
+
     async def aclose(self) -> None:
-        """Stop accepting, let in-flight requests finish, then close the channel."""
+        """Stop accepting, let in-flight requests finish, then close the channel (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
         await self.runner.cleanup()
         await self.channel.close(None)
 
@@ -35,7 +42,7 @@ async def start_gateway(
     grpc_target: str,
     listen: str,
     services: Iterable[ServiceDescriptor],
-    limits: GatewayLimits,
+    limits: RestLimits,
     *,
     shutdown_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
@@ -55,7 +62,10 @@ async def start_gateway(
         await runner.setup()
         host, _, port = listen.rpartition(":")
         site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(listen, exc.strerror or "the address is in use") from exc
     except BaseException:
         await runner.cleanup()
         await channel.close(None)

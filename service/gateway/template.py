@@ -20,13 +20,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-__all__ = ["PathTemplate", "TemplateError", "Variable"]
+from service.errors import TemplateError
+
+__all__ = ["PathTemplate", "Variable"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class TemplateError(ValueError):
-    """An http annotation's path template does not follow the grammar (a proto bug)."""
 
 
 @dataclass(frozen=True)

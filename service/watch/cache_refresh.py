@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from service.domain import Snapshot
-from service.watch.events import BalanceChange, BlockRef
+from service.domain import BalanceChange, BlockRef, Snapshot
 
 __all__ = ["CacheRefresh"]
 

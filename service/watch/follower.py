@@ -27,52 +27,24 @@ listeners are told, so a watch started from a stale cache learns the truth).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Collection, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
-from service.config import NetworkSettings
-from service.domain import Snapshot
+from service.background import BackgroundLoop
+from service.domain import BalanceChange, BlockRef, FollowerState, ReadDepth, Snapshot, Token
 from service.errors import BalancesError
-from service.watch.events import (
-    BalanceChange,
-    BlockRef,
+from service.ports import (
+    BaselineListener,
     ChangeListener,
-    FollowerState,
     FollowerStateStore,
+    SnapshotSource,
     WatchedSource,
 )
 
-__all__ = ["BaselineListener", "BlockFollower", "FollowedChain"]
+__all__ = ["BlockFollower"]
 
 log = logging.getLogger(__name__)
-
-
-class FollowedChain(Protocol):
-    """What the follower needs of ``service.chain.reader.ChainReader``."""
-
-    async def head_number(self) -> int: ...
-
-    async def block_header(self, tag_or_number: str | int) -> dict[str, Any]: ...
-
-    async def snapshot(
-        self,
-        addresses: Sequence[str],
-        *,
-        with_prices: bool,
-        timeout: float,
-        block_number: int | None = None,
-    ) -> Snapshot: ...
-
-
-class BaselineListener(Protocol):
-    async def balances_baselined(
-        self, block: BlockRef, addresses: Collection[str], snapshot: Snapshot
-    ) -> None:
-        """``addresses`` were read for the first time (since they were last unwatched)."""
-        ...
 
 
 class BlockFollower:
@@ -80,18 +52,21 @@ class BlockFollower:
 
     def __init__(
         self,
-        network: NetworkSettings,
-        chain: FollowedChain,
+        network: str,
+        chain: SnapshotSource,
         *,
+        depth: ReadDepth,
+        tokens: Sequence[Token],
         poll_interval: float,
         read_timeout: float,
         state_store: FollowerStateStore | None = None,
     ) -> None:
         self.network = network
+        self._depth = depth
+        self._decimals = {t.symbol: t.decimals for t in tokens}
         self._store = state_store
         self._restored = state_store is None
         self._chain = chain
-        self._poll_interval = poll_interval
         self._read_timeout = read_timeout
         self._listeners: list[ChangeListener] = []
         self._baseline_listeners: list[BaselineListener] = []
@@ -99,8 +74,7 @@ class BlockFollower:
         self._state: dict[str, dict[str, int]] = {}
         self._last: BlockRef | None = None
         self._failing = False
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._loop = BackgroundLoop(f"follower-{network}", self._loop_step, poll_interval)
         self.snapshots_read = 0  # for tests and metrics
 
     # --- wiring -------------------------------------------------------------------------
@@ -123,27 +97,19 @@ class BlockFollower:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"follower-{self.network.name}")
+        """Tick every poll interval (and on ``wake``) in a task; idempotent."""
+        self._loop.start()
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop ticking; idempotent."""
+        await self._loop.aclose()
 
     def wake(self) -> None:
         """Tick now instead of at the end of the poll interval."""
-        self._wake.set()
+        self._loop.wake()
 
-    async def _run(self) -> None:
-        while True:
-            # Cleared before the tick: a wake that arrives during the tick is kept.
-            self._wake.clear()
-            await self.tick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+    async def _loop_step(self) -> None:
+        await self.tick()
 
     # --- one step -----------------------------------------------------------------------
 
@@ -161,7 +127,7 @@ class BlockFollower:
             self._failing = False
             log.info(
                 "network %s: follower reading again at block %d",
-                self.network.name,
+                self.network,
                 processed.number,
             )
         return processed
@@ -172,7 +138,7 @@ class BlockFollower:
         log.log(
             level,
             "network %s: follower read failed, retrying: %s",
-            self.network.name,
+            self.network,
             reason,
             exc_info=exc_info,
         )
@@ -181,20 +147,20 @@ class BlockFollower:
     async def _restore(self) -> None:
         """Take up the saved read, unless the chain is behind it (then start over)."""
         assert self._store is not None
-        saved = await self._store.load_follower_state(self.network.name)
+        saved = await self._store.load_follower_state(self.network)
         if saved is not None:
             head = await self._chain.head_number()
             if saved.block.number > head:
                 log.warning(
                     "network %s: saved follower state is at block %d but the chain's head is %d;"
                     " starting over",
-                    self.network.name, saved.block.number, head,
+                    self.network, saved.block.number, head,
                 )  # fmt: skip
             else:
                 self._state, self._last = saved.balances, saved.block
                 log.info(
                     "network %s: resuming from block %d (%d addresses)",
-                    self.network.name, saved.block.number, len(saved.balances),
+                    self.network, saved.block.number, len(saved.balances),
                 )  # fmt: skip
         self._restored = True
 
@@ -232,22 +198,17 @@ class BlockFollower:
 
     async def _target(self) -> BlockRef | None:
         """The block at the read depth when it is new (or replaced by a reorg), else None."""
-        if self.network.confirmations:
+        if self._depth.confirmations:
             head = await self._chain.head_number()
-            number = max(head - self.network.confirmations, 0)
+            number = max(head - self._depth.confirmations, 0)
             if self._last is not None and number < self._last.number:
                 return None
             if self._last is not None and number == self._last.number:
                 return None  # a same-height reorg below the depth is not looked for
             header = await self._chain.block_header(number)
         else:
-            header = await self._chain.block_header(self.network.block_tag)
-        block = BlockRef(
-            self.network.name,
-            int(header["number"], 16),
-            str(header["hash"]),
-            int(header["timestamp"], 16),
-        )
+            header = await self._chain.block_header(self._depth.block_tag)
+        block = BlockRef(self.network, header.number, header.hash, header.timestamp)
         last = self._last
         if last is None:
             return block
@@ -257,26 +218,26 @@ class BlockFollower:
             log.warning(
                 "network %s: reorg: block %d replaced (was %s, now %s); changes are relative"
                 " to the last emitted state",
-                self.network.name,
+                self.network,
                 block.number,
                 last.hash,
                 block.hash,
             )
         elif block.number == last.number + 1:
-            if header.get("parentHash") != last.hash:
+            if header.parent_hash != last.hash:
                 log.warning(
                     "network %s: reorg below block %d: its parent is %s, block %d read was %s;"
                     " changes are relative to the last emitted state",
-                    self.network.name,
+                    self.network,
                     block.number,
-                    header.get("parentHash"),
+                    header.parent_hash,
                     last.number,
                     last.hash,
                 )
         else:
             log.info(
                 "network %s: blocks %d-%d not read one by one; reading block %d for the net change",
-                self.network.name,
+                self.network,
                 last.number + 1,
                 block.number - 1,
                 block.number,
@@ -286,11 +247,10 @@ class BlockFollower:
     async def _watched(self) -> set[str]:
         addresses: set[str] = set()
         for source in self._sources:
-            addresses |= await source.watched_addresses(self.network.name)
+            addresses |= await source.watched_addresses(self.network)
         return addresses
 
     def _compare(self, snapshot: Snapshot) -> tuple[list[BalanceChange], list[str]]:
-        decimals = {t.symbol: t.decimals for t in self.network.tokens}
         changes: list[BalanceChange] = []
         fresh: list[str] = []
         for address, balances in snapshot.balances.items():
@@ -303,10 +263,10 @@ class BlockFollower:
                 if previous is not None and previous != current:
                     changes.append(
                         BalanceChange(
-                            self.network.name,
+                            self.network,
                             address,
                             symbol,
-                            decimals[symbol],
+                            self._decimals[symbol],
                             previous,
                             current,
                         )
@@ -333,6 +293,6 @@ class BlockFollower:
         try:
             await call
         except Exception:
-            log.exception("network %s: a balance listener failed; retrying", self.network.name)
+            log.exception("network %s: a balance listener failed; retrying", self.network)
             return False
         return True

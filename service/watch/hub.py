@@ -20,9 +20,8 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from service.domain import Snapshot, TokenAmount, Wallet, WalletBalance
+from service.domain import BalanceChange, BlockRef, Snapshot, TokenAmount, Wallet, WalletBalance
 from service.errors import BalancesError, CustomerNotFound, WalletNotFound
-from service.watch.events import BalanceChange, BlockRef
 
 __all__ = ["AmountChange", "Subscription", "WalletUpdate", "WatchHub", "WatchUpdate"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from service.balances import BalanceQueries
-from service.directory.base import WalletDirectory
 from service.domain import parse_customer_id, parse_wallet_id
+from service.ports import WalletDirectory
 from service.watch.hub import WalletUpdate, WatchHub, WatchUpdate
 
 __all__ = ["BalanceWatches", "CustomerWatchUpdate"]

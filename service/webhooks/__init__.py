@@ -6,6 +6,8 @@ urls.py       which receiver URLs are allowed
 manage.py     the use cases: get/update a tenant's config, replay events
 emitter.py    block changes -> outbox events (a ChangeListener and WatchedSource)
 delivery.py   the worker sending outbox events, retrying, in order per wallet
-servicer.py   ``balances.v1.WebhooksService``
-wiring.py     ``build_webhooks``: everything above from settings and a store
+http_sender.py  the aiohttp adapter that POSTs one webhook (a ``WebhookSender``)
+wiring.py     ``build_webhooks``: the parts above from a policy, a store and a sender
+
+The gRPC servicer is ``service.api.webhooks_servicer``.
 """

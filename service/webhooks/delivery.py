@@ -4,9 +4,11 @@ At-least-once: an event is marked delivered only after a 2xx answer, so an
 event in flight when the process dies is sent again (same ``webhook-id``) after
 a restart.  One event per wallet is in flight at a time and a wallet's next
 event waits until the earlier one is delivered or given up.  Any other answer
-(a redirect included: they are not followed), a timeout or a connection error
-schedules the next try after ``retry_schedule_seconds[attempt - 1]`` ± jitter;
-after the last one the event is marked failed.
+(a redirect included: they are not followed), a timeout, a connection error, or
+a failure to sign or send at all is a failed attempt: the next try comes after
+``retry_schedule_seconds[attempt - 1]`` ± jitter; after the last one the event
+is marked failed.  Only a failure to *record* the outcome in the store is not
+an attempt: it is logged, and the event is tried again after the poll interval.
 
 Nothing logged or stored names the receiver URL (its path may hold a token) or
 the secret; errors are short summaries such as ``HTTP 500``.
@@ -15,26 +17,21 @@ the secret; errors are short summaries such as ``HTTP 500``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
-
-from service.config import WebhookSettings
-from service.directory.base import DueWebhookEvent, WebhookStore
+from service.background import BackgroundLoop
+from service.domain import WebhookPolicy
 from service.errors import InvalidArgument
+from service.ports import Clock, WebhookSender, WebhookStore
+from service.records import DueWebhookEvent
 from service.webhooks.signing import signed_headers
 from service.webhooks.urls import check_webhook_url
 
 __all__ = ["WebhookDelivery"]
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-USER_AGENT = "balances-webhooks/1"
 
 
 def _utc_now() -> datetime:
@@ -51,7 +48,8 @@ class WebhookDelivery:
     def __init__(
         self,
         store: WebhookStore,
-        settings: WebhookSettings,
+        sender: WebhookSender,
+        policy: WebhookPolicy,
         *,
         concurrency: int = 16,
         poll_interval_seconds: float = 5.0,
@@ -62,63 +60,40 @@ class WebhookDelivery:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._store = store
-        self._settings = settings
+        self._policy = policy
+        self._sender = sender
         self._concurrency = concurrency
         self._poll = poll_interval_seconds
         self._jitter = jitter
         self._clock = clock
         self._rng = rng or random.Random()
-        self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # wallet_id -> its send
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._closing = False
+        self._loop = BackgroundLoop("webhook-delivery", self._step, poll_interval_seconds)
 
     def wake(self) -> None:
         """New events are in the outbox (or one finished): look again now."""
-        self._wake.set()
+        self._loop.wake()
 
     async def start(self) -> None:
-        """Start sending; pending events left by an earlier run are resumed first."""
-        if self._runner is not None:
-            raise RuntimeError("webhook delivery already started")
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
-            connector=aiohttp.TCPConnector(limit=self._concurrency),
-            headers={"User-Agent": USER_AGENT},
-        )
-        self._runner = asyncio.create_task(self._run(), name="webhook-delivery")
+        """Start sending (idempotent); pending events left by an earlier run are resumed."""
+        self._loop.start()
 
     async def aclose(self) -> None:
         """Stop: sends in flight are abandoned (they stay pending and are sent again)."""
-        self._closing = True
-        if self._runner is not None:
-            # First the loop, so that it starts nothing new; then the sends.
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+        # First the loop, so that it starts nothing new; then the sends.
+        await self._loop.aclose()
         sends = [*self._in_flight.values()]
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
         self._in_flight.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
-    async def _run(self) -> None:
-        while not self._closing:
-            self._wake.clear()
-            try:
-                wait = await self._dispatch()
-            except Exception:
-                log.exception("webhook delivery: reading the outbox failed")
-                wait = self._poll
-            if wait > 0:
-                # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that
-                # arrives as the event is set, and aclose would wait forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
+    async def _step(self) -> float:
+        try:
+            return await self._dispatch()
+        except Exception:
+            log.exception("webhook delivery: reading the outbox failed")
+            return self._poll
 
     async def _dispatch(self) -> float:
         """Start sends for due events; return how long to sleep unless woken."""
@@ -138,42 +113,35 @@ class WebhookDelivery:
 
     async def _send(self, event: DueWebhookEvent) -> None:
         try:
-            error = await self._post(event)
-            await self._record(event, error)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("webhook event %s of tenant %s: recording failed", *_who(event))
-            await asyncio.sleep(self._poll)  # do not spin on a broken store
+            error = await self._attempt(event)
+            try:
+                await self._record(event, error)
+            except Exception:
+                log.exception("webhook event %s of tenant %s: recording failed", *_who(event))
+                await asyncio.sleep(self._poll)  # do not spin on a broken store
         finally:
             self._in_flight.pop(event.wallet_id, None)
             self.wake()
 
-    async def _post(self, event: DueWebhookEvent) -> str | None:
-        """One send; None when the receiver answered 2xx, else why not (no URL, no secret)."""
-        assert self._session is not None
+    async def _attempt(self, event: DueWebhookEvent) -> str | None:
+        """One try; None when the receiver answered 2xx, else why not (no URL, no secret).
+
+        Whatever goes wrong here is the attempt's failure, counted and retried per schedule.
+        """
         try:
-            check_webhook_url(event.url, self._settings.allow_http_hosts)
+            check_webhook_url(event.url, self._policy.allow_http_hosts)
         except InvalidArgument as exc:
             return f"url no longer allowed: {exc}"
-        timestamp = int(self._clock().timestamp())
-        headers = signed_headers(event.secret, event.event_id, timestamp, event.payload)
+        try:
+            timestamp = int(self._clock().timestamp())
+            headers = signed_headers(event.secret, event.event_id, timestamp, event.payload)
+        except Exception as exc:  # a malformed stored secret: its text is not repeated
+            return f"signing failed ({type(exc).__name__})"
         headers["Content-Type"] = "application/json"
         try:
-            async with self._session.post(
-                event.url,
-                data=event.payload.encode(),
-                headers=headers,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-        except TimeoutError:
-            return f"no answer within {self._settings.timeout_seconds:g}s"
-        except aiohttp.ClientError as exc:
-            return f"request failed ({type(exc).__name__})"
-        if 200 <= status < 300:
-            return None
-        return f"HTTP {status}"
+            return await self._sender.send(event.url, event.payload.encode(), headers)
+        except Exception as exc:  # the sender's bug; its text may name the URL
+            return f"send failed ({type(exc).__name__})"
 
     async def _record(self, event: DueWebhookEvent, error: str | None) -> None:
         attempt = event.attempts + 1
@@ -181,7 +149,7 @@ class WebhookDelivery:
             await self._store.mark_webhook_delivered(event.event_id, self._clock())
             log.info("webhook event %s of tenant %s delivered (attempt %d)", *_who(event), attempt)
             return
-        schedule = self._settings.retry_schedule_seconds
+        schedule = self._policy.retry_schedule_seconds
         if attempt > len(schedule):
             await self._store.mark_webhook_failed(event.event_id, error)
             log.warning(

@@ -12,19 +12,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from service.directory.base import NewWebhookEvent, WebhookStore
-from service.domain import Snapshot, Wallet
-from service.watch.events import BalanceChange, BlockRef
+from service.domain import BalanceChange, BlockRef, Snapshot, Wallet
+from service.ports import Clock, WebhookStore
+from service.records import NewWebhookEvent
 from service.webhooks.payload import BALANCE_UPDATED, balance_updated_body, new_event_id
 
 if TYPE_CHECKING:
-    from service.watch.events import ChangeListener, WatchedSource
+    from service.ports import ChangeListener, WatchedSource
 
 __all__ = ["WebhookEmitter"]
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
 
 
 def _utc_now() -> datetime:

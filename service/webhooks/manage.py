@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from service.config import WebhookSettings
-from service.directory.base import WebhookConfig, WebhookConfigChange, WebhookStore
-from service.domain import parse_tenant
+from service.domain import WebhookPolicy, parse_tenant
 from service.errors import InvalidArgument, NotFound
+from service.ports import Clock, WebhookStore
+from service.records import WebhookConfig, WebhookConfigChange
 from service.webhooks.payload import EVENT_TYPES
 from service.webhooks.signing import new_secret
 from service.webhooks.urls import check_webhook_url
 
 __all__ = ["WebhookManagement"]
-
-Clock = Callable[[], datetime]
 
 
 def _utc_now() -> datetime:
@@ -33,13 +31,13 @@ class WebhookManagement:
     def __init__(
         self,
         store: WebhookStore,
-        settings: WebhookSettings,
+        policy: WebhookPolicy,
         *,
         wake_delivery: Callable[[], None] | None = None,
         clock: Clock = _utc_now,
     ) -> None:
         self._store = store
-        self._settings = settings
+        self._policy = policy
         self._wake_delivery = wake_delivery
         self._clock = clock
 
@@ -58,7 +56,7 @@ class WebhookManagement:
         ``change.secret_changed`` says ``change.config.secret`` is new (created or
         rotated) and is to be shown to the caller, this once.
         """
-        checked_url = check_webhook_url(url, self._settings.allow_http_hosts) if url else None
+        checked_url = check_webhook_url(url, self._policy.allow_http_hosts) if url else None
         checked_events = _check_events(events) if events else None
         existing = await self._store.webhook_config(tenant)
         if existing is None:

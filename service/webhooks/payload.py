@@ -7,8 +7,8 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+from service.domain import BalanceChange, BlockRef
 from service.money import format_amount
-from service.watch.events import BalanceChange, BlockRef
 
 __all__ = [
     "BALANCE_UPDATED",

@@ -1,0 +1,82 @@
+"""Builds the gRPC server of a service: servicers, interceptors, health and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from balances.v1 import balances_pb2_grpc, wallets_pb2_grpc, webhooks_pb2_grpc
+from service.api.auth_interceptor import AuthInterceptor
+from service.api.balances_servicer import BalancesServicer
+from service.api.interceptors import ErrorInterceptor
+from service.api.services import API_SERVICES
+from service.api.wallets_servicer import WalletsServicer
+from service.api.webhooks_servicer import WebhooksServicer
+from service.errors import CannotListen
+from service.settings import TlsSettings
+from service.tls import PrivateSocket, grpc_server_credentials
+from service.wiring import Service
+
+__all__ = ["create_server"]
+
+
+def create_server(
+    service: Service,
+    listen: str,
+    *,
+    tls: TlsSettings | None = None,
+    private_socket: PrivateSocket | None = None,
+) -> tuple[aio.Server, int, health_aio.HealthServicer]:
+    """A configured, not yet started server, the port it bound, and its health servicer.
+
+    ``listen`` is served over TLS when ``tls`` is given (mutual TLS when it names a
+    client CA).  ``private_socket`` adds a plaintext Unix-socket listener for the
+    in-process REST gateway; the same interceptors (auth included) run on both.
+    """
+    # ErrorInterceptor is outermost, so authentication failures are mapped like any error.
+    # grpcio turns SO_REUSEPORT on by default: a second server on a taken port would
+    # silently share it instead of failing.
+    server = aio.server(
+        interceptors=[ErrorInterceptor(), AuthInterceptor(service.authenticator)],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    balances_pb2_grpc.add_BalancesServiceServicer_to_server(
+        BalancesServicer(service.queries, service.settings.minor_unit_digits, service.watches),
+        server,
+    )
+    wallets_pb2_grpc.add_WalletsServiceServicer_to_server(WalletsServicer(service.registry), server)
+    webhooks_pb2_grpc.add_WebhooksServiceServicer_to_server(
+        WebhooksServicer(service.webhook_management), server
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            *(descriptor.full_name for descriptor in API_SERVICES),
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    credentials = None if tls is None else grpc_server_credentials(tls)
+    port = _bind(server, listen, credentials)
+    if private_socket is not None:
+        _bind(server, private_socket.target, None)
+    return server, port, health
+
+
+def _bind(server: aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind ``address``; ``CannotListen`` (one line, no trace) when it is taken."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio >= 1.60 raises where it used to return 0
+        raise CannotListen(address) from exc
+    if port == 0:
+        raise CannotListen(address)
+    return port

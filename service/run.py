@@ -1,0 +1,94 @@
+"""Runs one server process: open the service, bind gRPC and REST, serve until a signal, drain.
+
+Every start registers its stop on one ``AsyncExitStack``, so a start that fails
+half-way (a REST port already in use, say) undoes exactly what was started:
+nothing keeps serving on top of a closed store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from grpc_health.v1 import health_pb2
+
+from service.api.services import API_SERVICES
+from service.gateway.serve import start_gateway
+from service.grpc_server import create_server
+from service.settings import Settings, TlsSettings
+from service.tls import PrivateSocket, rest_ssl_context
+from service.wiring import open_service
+
+__all__ = ["ServingPorts", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingPorts:
+    grpc: int
+    rest: int | None
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[ServingPorts], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``): then NOT_SERVING, drain, close."""
+    stop = stop or asyncio.Event()
+    async with AsyncExitStack() as exits:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            exits.callback(loop.remove_signal_handler, sig)
+        service = await exits.enter_async_context(open_service(settings))
+        # The REST gateway's own way in, independent of the public port's TLS/mTLS.
+        private_socket = PrivateSocket() if settings.rest is not None else None
+        if private_socket is not None:
+            exits.callback(private_socket.close)
+        server, port, health = create_server(
+            service, settings.listen, tls=settings.tls, private_socket=private_socket
+        )
+        await server.start()
+        exits.push_async_callback(server.stop, None)  # a later failed start stops it at once
+        gateway = None
+        if settings.rest is not None:
+            assert private_socket is not None
+            gateway = await start_gateway(
+                private_socket.target,
+                settings.rest.listen,
+                API_SERVICES,
+                settings.rest.limits,
+                shutdown_timeout=settings.grace_period_seconds,
+                ssl_context=(
+                    rest_ssl_context(settings.rest.tls) if settings.rest.tls is not None else None
+                ),
+            )
+            exits.push_async_callback(gateway.aclose)
+        await service.start()
+        for name in ("", *(s.full_name for s in API_SERVICES)):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving gRPC on port %d%s", port, _tls_note(settings.tls))
+        if on_ready is not None:
+            on_ready(ServingPorts(port, gateway.port if gateway else None))
+        await stop.wait()
+        log.info("stopping: NOT_SERVING, draining for up to %gs", settings.grace_period_seconds)
+        await health.enter_graceful_shutdown()
+        # Watch streams would hold the grace period: end them (normally) first.
+        service.stop_watches()
+        if gateway is not None:
+            # REST first: its in-flight requests still need the gRPC server.
+            await gateway.aclose()
+        await server.stop(settings.grace_period_seconds)
+
+
+def _tls_note(tls: TlsSettings | None) -> str:
+    if tls is None:
+        return ""
+    return " (TLS, client certificates required)" if tls.client_ca_file else " (TLS)"

@@ -1,0 +1,1 @@
+"""Storage adapters, one package per backend (``sqlite``; ``postgres`` to come)."""

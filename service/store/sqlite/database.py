@@ -1,0 +1,162 @@
+"""The shared SQLite database: one connection on one thread, write transactions, timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from service.store.sqlite.migrations import migrate, schema_version
+
+__all__ = [
+    "SqliteDatabase",
+    "as_stored",
+    "from_timestamp",
+    "in_transaction",
+    "to_timestamp",
+    "utc_now",
+]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+_BUSY_TIMEOUT_SECONDS = 10.0
+
+
+class SqliteDatabase:
+    """One SQLite file (WAL, migrated at open), shared by every SQLite store.
+
+    All SQLite calls run on a private single-thread executor, which both keeps
+    them off the event loop and serialises use of the one connection (a
+    cancelled caller cannot release it while a statement is still running).
+    Every multi-statement write is one ``BEGIN IMMEDIATE`` transaction (``write``).
+    """
+
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, executor: ThreadPoolExecutor
+    ) -> None:
+        """Use ``open``; this wraps an already-migrated connection owned by ``executor``."""
+        self.path = path
+        self._connection = connection
+        self._executor = executor
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteDatabase:
+        """Open (creating the file and its parent directories) and migrate ``path``.
+
+        Raises ``SchemaTooNew`` when a newer version of the service wrote the file.
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-database")
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(path, connection, executor)
+
+    async def run(
+        self,
+        function: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """Run ``function(connection, ...)`` on the connection's thread (autocommit)."""
+        if self._closed:
+            raise RuntimeError("the SQLite database is closed")
+        call = partial(function, self._connection, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def write(
+        self,
+        function: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """Run ``function(connection, ...)`` in one ``BEGIN IMMEDIATE`` transaction."""
+        return await self.run(in_transaction, function, *args, **kwargs)
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database (migrated at open)."""
+        return await self.run(schema_version)
+
+    async def close(self) -> None:
+        """Close the connection and stop its thread; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
+        finally:
+            await asyncio.to_thread(self._executor.shutdown)
+
+
+def in_transaction(
+    connection: sqlite3.Connection,
+    function: Callable[Concatenate[sqlite3.Connection, _P], _T],
+    /,
+    *args: _P.args,
+    **kwargs: _P.kwargs,
+) -> _T:
+    """Run ``function(connection, ...)`` in one ``BEGIN IMMEDIATE`` transaction.
+
+    ``BEGIN IMMEDIATE`` takes the database's write lock at once, so no other
+    connection (in this process or another) writes between a read and a write
+    inside ``function``.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = function(connection, *args, **kwargs)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    try:
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            _log.warning("database %s: journal mode is %s, not WAL", path, mode)
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        version = migrate(connection)
+    except BaseException:
+        connection.close()
+        raise
+    _log.info("database %s open at schema version %d", path, version)
+    return connection
+
+
+def utc_now() -> datetime:
+    """The default clock of the stores."""
+    return datetime.now(UTC)
+
+
+def to_timestamp(moment: datetime) -> str:
+    """UTC ISO-8601 with microseconds and ``Z``: fixed width, so text order is time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_timestamp(text: str) -> datetime:
+    """A stored timestamp as an aware UTC ``datetime``."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def as_stored(moment: datetime) -> datetime:
+    """``moment`` as it reads back from the database (UTC, microseconds)."""
+    return from_timestamp(to_timestamp(moment))

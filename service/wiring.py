@@ -1,0 +1,187 @@
+"""The composition root: every part of one server, built from settings and closed in reverse.
+
+``open_service(settings)`` connects to each network (checking it is the
+configured chain), opens the stores and wires the use cases; ``async with``
+closes all of it.  ``Service.start()`` starts the background work (block
+followers, newHeads subscriptions, webhook delivery) and registers each stop on
+the same exit stack, so nothing outlives the stores it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from service.auth.authenticator import Authenticator
+from service.balances import BalanceQueries
+from service.cache import MemorySnapshotCache
+from service.chain.new_heads import NewHeadsSubscription
+from service.chain.reader import ChainReader
+from service.chain.rpc import RpcClient
+from service.registry import WalletRegistry
+from service.settings import NetworkSettings, Settings
+from service.store.sqlite import SqliteStores, open_sqlite_stores
+from service.watch.cache_refresh import CacheRefresh
+from service.watch.follower import BlockFollower
+from service.watch.hub import WatchHub
+from service.watch.watches import BalanceWatches
+from service.webhooks.delivery import WebhookDelivery
+from service.webhooks.emitter import WebhookEmitter
+from service.webhooks.http_sender import HttpWebhookSender
+from service.webhooks.manage import WebhookManagement
+
+__all__ = ["Service", "open_service"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    """Everything the servicers need; built by ``open_service``, started by ``start``."""
+
+    settings: Settings
+    stores: SqliteStores
+    readers: Mapping[str, ChainReader]
+    queries: BalanceQueries
+    registry: WalletRegistry
+    authenticator: Authenticator
+    hub: WatchHub  # watch subscriptions; a listener and watched source of every follower
+    watches: BalanceWatches  # the watch use cases behind the streaming RPCs
+    followers: Mapping[str, BlockFollower]  # one per network
+    new_heads: tuple[NewHeadsSubscription, ...]  # wake a follower on each block (ws_url)
+    webhook_emitter: WebhookEmitter  # block changes -> outbox
+    webhook_delivery: WebhookDelivery  # outbox -> receivers
+    webhook_management: WebhookManagement  # the config and replay use cases
+    exits: AsyncExitStack  # where each start registers its stop
+
+    async def start(self) -> None:
+        """Start the background work; each part's stop runs when the service closes."""
+        self.start_watching()
+        await self.webhook_delivery.start()
+        self.exits.push_async_callback(self.webhook_delivery.aclose)
+
+    def start_watching(self) -> None:
+        """Start every block follower and newHeads subscription (idempotent)."""
+        for follower in self.followers.values():
+            follower.start()
+            self.exits.push_async_callback(follower.aclose)
+        for subscription in self.new_heads:
+            subscription.start()
+            self.exits.push_async_callback(subscription.aclose)
+
+    def stop_watches(self) -> None:
+        """End every open watch stream normally (shutdown starts); new ones end at once."""
+        self.hub.close()
+
+
+@asynccontextmanager
+async def open_service(settings: Settings) -> AsyncIterator[Service]:
+    """Connect, check each chain, open the stores and wire the use cases."""
+    async with AsyncExitStack() as exits:
+        readers: dict[str, ChainReader] = {}
+        for network in settings.networks:
+            client = RpcClient(network.name, network.rpc_urls, settings.rpc_timeout_seconds)
+            exits.push_async_callback(client.aclose)
+            readers[network.name] = ChainReader(network, client)
+        await _prepare_all(list(readers.values()))
+        for name, reader in readers.items():
+            if not reader.uses_multicall:
+                log.warning("network %s: no Multicall3 code; using JSON-RPC batches", name)
+        stores = await exits.enter_async_context(open_sqlite_stores(settings.directory_path))
+        cache = MemorySnapshotCache(settings.cache_ttl_seconds)
+        exits.push_async_callback(cache.aclose)
+        queries = BalanceQueries(
+            stores.wallets,
+            readers,
+            {n.name: n.tokens for n in settings.networks},
+            cache,
+            base_currency=settings.base_currency,
+            minor_unit_digits=settings.minor_unit_digits,
+            read_timeout=settings.rpc_timeout_seconds,
+        )
+        hub = WatchHub(queries.wallet_balance_at, stores.wallets.get_wallet)
+        exits.callback(hub.close)
+
+        async def wallet_deleted(network: str, address: str) -> None:
+            await queries.wallet_deleted(network, address)
+            await hub.address_released(network, address)  # ends watches of a deleted wallet
+
+        sender = HttpWebhookSender(settings.webhooks.policy)
+        exits.push_async_callback(sender.aclose)  # after delivery has stopped using it
+        delivery = WebhookDelivery(stores.webhooks, sender, settings.webhooks.policy)
+        emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
+        followers = {
+            n.name: _follower(settings, n, readers[n.name], queries, hub, stores, emitter)
+            for n in settings.networks
+        }
+        yield Service(
+            settings=settings,
+            stores=stores,
+            readers=readers,
+            queries=queries,
+            registry=WalletRegistry(
+                stores.wallets, [n.name for n in settings.networks], wallet_deleted
+            ),
+            authenticator=Authenticator(stores.api_keys),
+            hub=hub,
+            watches=BalanceWatches(stores.wallets, queries, hub),
+            followers=followers,
+            new_heads=tuple(
+                NewHeadsSubscription(n.name, n.ws_url, followers[n.name].wake)
+                for n in settings.networks
+                if n.ws_url is not None
+            ),
+            webhook_emitter=emitter,
+            webhook_delivery=delivery,
+            webhook_management=WebhookManagement(
+                stores.webhooks, settings.webhooks.policy, wake_delivery=delivery.wake
+            ),
+            exits=exits,
+        )
+
+
+def _follower(
+    settings: Settings,
+    network: NetworkSettings,
+    reader: ChainReader,
+    queries: BalanceQueries,
+    hub: WatchHub,
+    stores: SqliteStores,
+    emitter: WebhookEmitter,
+) -> BlockFollower:
+    """A network's follower; listeners in order: the cache refresh, the hub, the outbox."""
+    follower = BlockFollower(
+        network.name,
+        reader,
+        depth=network.read_depth,
+        tokens=network.tokens,
+        poll_interval=settings.watch.poll_interval_seconds,
+        read_timeout=settings.rpc_timeout_seconds,
+        state_store=stores.follower_state,
+    )
+    refresh = CacheRefresh(queries)
+    follower.add_baseline_listener(refresh)
+    follower.add_baseline_listener(hub)
+    for listener in (refresh, hub, emitter):
+        follower.add_listener(listener)
+    follower.add_source(hub)
+    follower.add_source(emitter)
+    return follower
+
+
+async def _prepare_all(readers: list[ChainReader]) -> None:
+    """Check every network concurrently; the first failure cancels the other checks.
+
+    With a bare ``gather`` the other checks would keep running while their
+    clients are closed, and log misleading failures for healthy networks.
+    """
+    tasks = [asyncio.ensure_future(reader.prepare()) for reader in readers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,46 @@
+"""Deeply nested JSON from outside is refused before the C decoder can crash on it.
+
+web3 pulls in py_ecc, which raises the recursion limit to 100000: with it,
+``json.loads("[" * 1_000_000)`` overflows the C stack and kills the process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import service.wiring  # noqa: F401  (imports web3, as the service does)
+from balances.v1 import wallets_pb2
+from service.bounded_json import loads_bounded
+from service.errors import TooDeep
+from service.gateway.errors import GatewayError
+from service.gateway.routes import RouteTable, routes_of
+from service.gateway.transcode import build_request
+
+DEEP = "[" * 1_000_000
+
+
+def test_the_hazard_is_real_in_this_process() -> None:
+    assert sys.getrecursionlimit() >= 100_000
+
+
+def test_deep_nesting_is_refused_and_shallow_json_parses() -> None:
+    with pytest.raises(TooDeep):
+        loads_bounded(DEEP)
+    with pytest.raises(TooDeep):
+        loads_bounded(b'{"a": ' * 40 + b"1" + b"}" * 40)
+    assert loads_bounded('{"a": [1, {"b": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}]}') == {
+        "a": [1, {"b": "[" * 36}]
+    }
+    assert loads_bounded("[" * 32 + "]" * 32) is not None
+
+
+def test_a_rest_body_nested_a_million_deep_is_a_400() -> None:
+    table = RouteTable(routes_of(wallets_pb2.DESCRIPTOR.services_by_name.values()))
+    found = table.find("POST", "/v1/customers/cus_a/wallets/import")
+    assert not isinstance(found, list)
+    with pytest.raises(GatewayError) as caught:
+        build_request(found, [], DEEP.encode())
+    assert caught.value.http_status == 400
+    assert "nested deeper than 32 levels" in caught.value.message
