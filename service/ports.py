@@ -2,10 +2,11 @@
 
 SnapshotSource       one network's chain: its head, block headers, snapshots at one block
 SnapshotCache        recent snapshots (only successful reads are stored)
-WalletReader         looks up registered wallets, scoped by tenant (what balance reads need)
+WalletReader         registered wallets by ID or customer, scoped by tenant
 WalletDirectory      registers, lists and deletes wallets too (a ``WalletReader``)
 ApiKeyStore          API key digests
 WebhookStore         webhook configs per tenant and the durable outbox
+WebhookOutbox        the outbox as the delivery worker uses it (a part of WebhookStore)
 FollowerStateStore   each block follower's last read, across restarts
 WebhookSender        sends one signed webhook request
 ChangeListener, BaselineListener, WatchedSource   what block followers talk to
@@ -15,7 +16,7 @@ Clock                the current time (UTC)
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from service.domain import BalanceChange, BlockHeader, BlockRef, FollowerState, Snapshot, Wallet
@@ -41,11 +42,18 @@ __all__ = [
     "WalletDirectory",
     "WalletReader",
     "WatchedSource",
+    "WebhookOutbox",
     "WebhookSender",
     "WebhookStore",
+    "utc_now",
 ]
 
 Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The default ``Clock``: the current time in UTC."""
+    return datetime.now(UTC)
 
 
 class SnapshotSource(Protocol):
@@ -168,12 +176,43 @@ class ApiKeyStore(Protocol):
         ...
 
 
-class WebhookStore(Protocol):
-    """Webhook configs per tenant and the durable outbox of events to deliver.
+class WebhookOutbox(Protocol):
+    """The outbox as the delivery worker sees it: what is due, and how each send went.
 
     Outbox order is insertion order; one wallet's events are delivered in that
     order: an event is *due* only when no earlier event of its wallet is pending.
     """
+
+    async def due_webhook_events(
+        self, now: datetime, limit: int, exclude_wallets: Collection[str] = ()
+    ) -> list[DueWebhookEvent]:
+        """Up to ``limit`` pending events whose time has come, each the earliest
+        pending event of its wallet, oldest first; none of ``exclude_wallets``."""
+        ...
+
+    async def next_webhook_attempt_at(
+        self, exclude_wallets: Collection[str] = ()
+    ) -> datetime | None:
+        """When the next event (of the kind ``due_webhook_events`` returns) is due."""
+        ...
+
+    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
+        """Record a successful send (counts an attempt)."""
+        ...
+
+    async def mark_webhook_retry(
+        self, event_id: str, error: str, next_attempt_at: datetime
+    ) -> None:
+        """Record a failed send and when to try again (counts an attempt)."""
+        ...
+
+    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
+        """Record the last failed send: the event is given up (counts an attempt)."""
+        ...
+
+
+class WebhookStore(WebhookOutbox, Protocol):
+    """Webhook configs per tenant and the durable outbox of events to deliver."""
 
     async def webhook_config(self, tenant: str) -> WebhookConfig | None:
         """The tenant's config, or None when it has none."""
@@ -208,33 +247,6 @@ class WebhookStore(Protocol):
 
         An event for a (wallet, currency, block hash) already in the outbox is skipped.
         """
-        ...
-
-    async def due_webhook_events(
-        self, now: datetime, limit: int, exclude_wallets: Collection[str] = ()
-    ) -> list[DueWebhookEvent]:
-        """Up to ``limit`` pending events whose time has come, each the earliest
-        pending event of its wallet, oldest first; none of ``exclude_wallets``."""
-        ...
-
-    async def next_webhook_attempt_at(
-        self, exclude_wallets: Collection[str] = ()
-    ) -> datetime | None:
-        """When the next event (of the kind ``due_webhook_events`` returns) is due."""
-        ...
-
-    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
-        """Record a successful send (counts an attempt)."""
-        ...
-
-    async def mark_webhook_retry(
-        self, event_id: str, error: str, next_attempt_at: datetime
-    ) -> None:
-        """Record a failed send and when to try again (counts an attempt)."""
-        ...
-
-    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
-        """Record the last failed send: the event is given up (counts an attempt)."""
         ...
 
     async def requeue_webhook_events(

@@ -7,10 +7,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import wallets_pb2 as wallets_pb
 from balances.v1 import webhooks_pb2 as webhooks_pb
-from service.domain import CustomerBalances, TokenAmount, Wallet, WalletBalance
+from service.domain import BalanceChange, CustomerBalances, TokenAmount, Wallet, WalletBalance
 from service.money import format_amount, format_fraction
 from service.records import WebhookConfig
-from service.watch.hub import AmountChange, WalletUpdate, WatchUpdate
+from service.watch.hub import WalletUpdate, WatchUpdate
 from service.watch.watches import CustomerWatchUpdate
 
 __all__ = [
@@ -105,7 +105,7 @@ def _watched_wallet(update: WalletUpdate) -> pb.WatchedWallet:
     )
 
 
-def _change(change: AmountChange) -> pb.BalanceChange:
+def _change(change: BalanceChange) -> pb.BalanceChange:
     return pb.BalanceChange(
         currency=change.symbol,
         previous_amount=format_amount(change.previous, change.decimals),

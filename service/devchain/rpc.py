@@ -7,13 +7,13 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["RpcError", "rpc_call"]
+__all__ = ["DevChainRpcError", "rpc_call"]
 
 _ids = itertools.count(1)
 _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-class RpcError(RuntimeError):
+class DevChainRpcError(RuntimeError):
     """The node answered a JSON-RPC request with an error object."""
 
     def __init__(self, method: str, error: dict[str, Any]) -> None:
@@ -31,7 +31,7 @@ async def rpc_call(
     *,
     session: aiohttp.ClientSession | None = None,
 ) -> Any:
-    """Send one JSON-RPC request and return its ``result``; raise RpcError on error."""
+    """Send one JSON-RPC request and return its ``result``; raise DevChainRpcError on error."""
     body = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params or []}
     if session is None:
         async with aiohttp.ClientSession(timeout=_TIMEOUT) as own:
@@ -44,5 +44,5 @@ async def _post(session: aiohttp.ClientSession, url: str, method: str, body: dic
         response.raise_for_status()
         answer: dict[str, Any] = await response.json()
     if "error" in answer:
-        raise RpcError(method, answer["error"])
+        raise DevChainRpcError(method, answer["error"])
     return answer.get("result")

@@ -30,7 +30,7 @@ from service.gateway.errors import GatewayError, details_from_trailers, error_re
 from service.gateway.limits import RestLimits
 from service.gateway.metadata import grpc_timeout, request_metadata, response_headers
 from service.gateway.openapi import openapi_document
-from service.gateway.routes import Route, RouteMatch, RouteTable
+from service.gateway.routes import MethodNotAllowed, Route, RouteMatch, RouteTable
 from service.gateway.transcode import build_request
 
 __all__ = ["build_gateway_app"]
@@ -69,7 +69,7 @@ class _Handler:
         request_id = ""
         try:
             found = self._table.find(request.method, path)
-            if isinstance(found, list):
+            if not isinstance(found, RouteMatch):
                 return self._no_route(found)
             metadata, request_id = request_metadata(request.headers, request.remote)
             timeout_header = request.headers.get("Grpc-Timeout")
@@ -98,15 +98,15 @@ class _Handler:
                 headers={"X-Request-Id": request_id} if request_id else None,
             )
 
-    def _no_route(self, allowed: list[str]) -> web.Response:
-        if not allowed:
+    def _no_route(self, found: MethodNotAllowed | None) -> web.Response:
+        if found is None:
             return error_response(grpc.StatusCode.NOT_FOUND, "Not Found", http_status=404)
         # grpc-gateway answers 501 here; 405 with Allow is what HTTP means.
         return error_response(
             grpc.StatusCode.UNIMPLEMENTED,
             "Method Not Allowed",
             http_status=405,
-            headers={"Allow": ", ".join(allowed)},
+            headers={"Allow": ", ".join(found.allowed)},
         )
 
     async def _read_body(self, request: web.Request) -> bytes:

@@ -56,6 +56,13 @@ class RouteMatch:
     variables: dict[str, str]  # field path -> decoded value
 
 
+@dataclass(frozen=True)
+class MethodNotAllowed:
+    """The path exists, but not for this HTTP method."""
+
+    allowed: tuple[str, ...]  # sorted, never empty
+
+
 def routes_of(services: Iterable[ServiceDescriptor]) -> list[Route]:
     """Every binding of every annotated method; unannotated methods get no route."""
     routes: list[Route] = []
@@ -90,8 +97,8 @@ class RouteTable:
         # "/x/abc:watch" as an id of "abc:watch".
         self._match_order = sorted(self.routes, key=lambda r: r.template.verb is None)
 
-    def find(self, http_method: str, path: str) -> RouteMatch | list[str]:
-        """The match, or the methods allowed on this path (empty: no such path).
+    def find(self, http_method: str, path: str) -> RouteMatch | MethodNotAllowed | None:
+        """The match; the methods allowed when the path exists for others; None: no such path.
 
         When several templates match a path, only the most specific ones (most
         literal segments) count: "/customers/c/wallets/import" is the import
@@ -103,13 +110,13 @@ class RouteTable:
             if variables is not None:
                 matches.append((route, variables))
         if not matches:
-            return []
+            return None
         best = max(_specificity(route) for route, _ in matches)
         matches = [(route, v) for route, v in matches if _specificity(route) == best]
         for route, variables in matches:
             if route.http_method == http_method:
                 return RouteMatch(route, variables)
-        return sorted({route.http_method for route, _ in matches})
+        return MethodNotAllowed(tuple(sorted({route.http_method for route, _ in matches})))
 
 
 def _specificity(route: Route) -> int:

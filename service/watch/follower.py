@@ -41,6 +41,7 @@ from service.ports import (
     SnapshotSource,
     WatchedSource,
 )
+from service.watch.diff import compare
 
 __all__ = ["BlockFollower"]
 
@@ -184,7 +185,7 @@ class BlockFollower:
         if snapshot.block_number != block.number:  # cannot happen with a pinned read
             raise RuntimeError(f"asked for block {block.number}, read {snapshot.block_number}")
         block = BlockRef(block.network, block.number, block.hash, snapshot.block_timestamp)
-        changes, fresh = self._compare(snapshot)
+        changes, fresh = compare(self._state, snapshot, self._decimals)
         if not await self._notify(block, changes, fresh, snapshot):
             return None  # not committed: the next tick tries again
         state = {a: dict(snapshot.balances[a]) for a in snapshot.balances}
@@ -249,29 +250,6 @@ class BlockFollower:
         for source in self._sources:
             addresses |= await source.watched_addresses(self.network)
         return addresses
-
-    def _compare(self, snapshot: Snapshot) -> tuple[list[BalanceChange], list[str]]:
-        changes: list[BalanceChange] = []
-        fresh: list[str] = []
-        for address, balances in snapshot.balances.items():
-            before = self._state.get(address)
-            if before is None:
-                fresh.append(address)
-                continue
-            for symbol, current in balances.items():
-                previous = before.get(symbol)
-                if previous is not None and previous != current:
-                    changes.append(
-                        BalanceChange(
-                            self.network,
-                            address,
-                            symbol,
-                            self._decimals[symbol],
-                            previous,
-                            current,
-                        )
-                    )
-        return changes, fresh
 
     async def _notify(
         self,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from service.domain import BalanceChange, BlockRef, Snapshot, TokenAmount, Wallet, WalletBalance
 from service.errors import BalancesError, CustomerNotFound, WalletNotFound
 
-__all__ = ["AmountChange", "Subscription", "WalletUpdate", "WatchHub", "WatchUpdate"]
+__all__ = ["Subscription", "WalletUpdate", "WatchHub", "WatchUpdate"]
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +34,12 @@ GetWallet = Callable[[str, str], Awaitable[Wallet]]
 
 
 @dataclass(frozen=True)
-class AmountChange:
-    """One currency of one wallet changed since the consumer's previous message."""
-
-    symbol: str
-    decimals: int
-    previous: int
-    current: int
-
-
-@dataclass(frozen=True)
 class WalletUpdate:
     """A wallet's balances after an update, and what changed since the previous message."""
 
     balance: WalletBalance
     block_hash: str  # "" for the initial state (it may come from the cache)
-    changes: tuple[AmountChange, ...]
+    changes: tuple[BalanceChange, ...]  # since the consumer's previous message
 
 
 @dataclass(frozen=True)
@@ -267,12 +257,19 @@ def _raw(balance: WalletBalance) -> dict[str, int]:
     return {a.symbol: a.raw for a in balance.amounts}
 
 
-def _changes(previous: WalletBalance | None, current: WalletBalance) -> tuple[AmountChange, ...]:
+def _changes(previous: WalletBalance | None, current: WalletBalance) -> tuple[BalanceChange, ...]:
     before: dict[str, TokenAmount] = (
         {a.symbol: a for a in previous.amounts} if previous is not None else {}
     )
     return tuple(
-        AmountChange(a.symbol, a.decimals, before[a.symbol].raw if a.symbol in before else 0, a.raw)
+        BalanceChange(
+            current.wallet.network,
+            current.wallet.address,
+            a.symbol,
+            a.decimals,
+            before[a.symbol].raw if a.symbol in before else 0,
+            a.raw,
+        )
         for a in current.amounts
         if a.symbol not in before or before[a.symbol].raw != a.raw
     )

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from service.background import BackgroundLoop
 from service.domain import WebhookPolicy
 from service.errors import InvalidArgument
-from service.ports import Clock, WebhookSender, WebhookStore
+from service.ports import Clock, WebhookOutbox, WebhookSender, utc_now
 from service.records import DueWebhookEvent
 from service.webhooks.signing import signed_headers
 from service.webhooks.urls import check_webhook_url
@@ -32,10 +32,6 @@ from service.webhooks.urls import check_webhook_url
 __all__ = ["WebhookDelivery"]
 
 log = logging.getLogger(__name__)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class WebhookDelivery:
@@ -47,14 +43,14 @@ class WebhookDelivery:
 
     def __init__(
         self,
-        store: WebhookStore,
+        store: WebhookOutbox,
         sender: WebhookSender,
         policy: WebhookPolicy,
         *,
         concurrency: int = 16,
         poll_interval_seconds: float = 5.0,
         jitter: float = 0.1,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
         rng: random.Random | None = None,
     ) -> None:
         if concurrency < 1:

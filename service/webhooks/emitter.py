@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from service.domain import BalanceChange, BlockRef, Snapshot, Wallet
-from service.ports import Clock, WebhookStore
+from service.ports import Clock, WebhookStore, utc_now
 from service.records import NewWebhookEvent
 from service.webhooks.payload import BALANCE_UPDATED, balance_updated_body, new_event_id
 
@@ -23,10 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["WebhookEmitter"]
 
 log = logging.getLogger(__name__)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class WebhookEmitter:
@@ -41,7 +36,7 @@ class WebhookEmitter:
         store: WebhookStore,
         *,
         on_enqueued: Callable[[], None] | None = None,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._on_enqueued = on_enqueued

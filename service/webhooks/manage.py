@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from service.domain import WebhookPolicy, parse_tenant
 from service.errors import InvalidArgument, NotFound
-from service.ports import Clock, WebhookStore
+from service.ports import Clock, WebhookStore, utc_now
 from service.records import WebhookConfig, WebhookConfigChange
 from service.webhooks.payload import EVENT_TYPES
 from service.webhooks.signing import new_secret
 from service.webhooks.urls import check_webhook_url
 
 __all__ = ["WebhookManagement"]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class WebhookManagement:
@@ -34,7 +30,7 @@ class WebhookManagement:
         policy: WebhookPolicy,
         *,
         wake_delivery: Callable[[], None] | None = None,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._policy = policy

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from fractions import Fraction
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.json_format import MessageToDict
 
 from balances.v1 import balances_pb2 as pb
-from service.devchain.world import DemoWorld
-from service.money import format_amount
 from tests.support.expected import (
     DOCUMENTED_CUSTOMER,
     DOCUMENTED_WALLET,
@@ -23,6 +19,7 @@ from tests.support.expected import (
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
 
 async def test_wallet_balance_matches_documented_shape_and_chain(stack: Stack) -> None:
     response = await stack.stub.GetWalletBalance(

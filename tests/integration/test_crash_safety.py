@@ -14,7 +14,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -24,11 +23,10 @@ from pathlib import Path
 import pytest
 
 from service.store.sqlite.migrations import migrate
-from tests.integration.test_cli import OFFLINE_CONFIG
+from tests.support.cli import BALANCES, OFFLINE_CONFIG
 
 pytestmark = pytest.mark.integration
 
-BALANCES = Path(sys.executable).parent / "balances"
 WALLETS = 20_000
 # The import transaction writes several MB to the WAL before it commits (about
 # 350 bytes a wallet); opening and migrating the database writes about 40 kB.

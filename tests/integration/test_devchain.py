@@ -24,7 +24,7 @@ from service.devchain.anvil import (
 )
 from service.devchain.compile import MULTICALL3_MAX_CALLS, compile_contract
 from service.devchain.deploy import CANONICAL_MULTICALL3
-from service.devchain.rpc import RpcError, rpc_call
+from service.devchain.rpc import DevChainRpcError, rpc_call
 
 _log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ async def test_aggregate3_failures(anvil: AnvilNode) -> None:
     results = await aggregate3(url, [reverting, too_long, fits])
     assert results == [(False, b""), (False, b""), (True, bytes(256))]
 
-    with pytest.raises(RpcError, match="Multicall3: call failed"):
+    with pytest.raises(DevChainRpcError, match="Multicall3: call failed"):
         await aggregate3(url, [(feed, False, reverting[2])])
 
 
@@ -325,5 +325,5 @@ async def test_max_calls_is_the_contract_bound(anvil: AnvilNode) -> None:
     )
     assert gas < GAS_CAP
     assert len(await aggregate3(url, full)) == MULTICALL3_MAX_CALLS
-    with pytest.raises(RpcError):
+    with pytest.raises(DevChainRpcError):
         await aggregate3(url, [*full, widest])

@@ -21,7 +21,7 @@ from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import mine, transfer
 from service.run import ServingPorts, serve
 from service.settings import Settings
-from tests.integration.test_monitoring_e2e import (
+from tests.support.monitoring import (
     POLL,
     RECEIVER,
     SENDER,

@@ -11,28 +11,27 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from grpc import aio
 
 from balances.v1 import balances_pb2
 from service.gateway.app import build_gateway_app
 from service.gateway.limits import RestLimits
 from service.gateway.routes import routes_of
-from tests.integration.test_balances_api import (
+from tests.support.expected import (
     DOCUMENTED_CUSTOMER,
     DOCUMENTED_WALLET,
     assert_documented_shape,
     expected_balances,
 )
-from tests.integration.test_openapi import assert_valid, error_schema, ok_schema
 from tests.support.gwroute import echo_servicer, gwroute_modules
+from tests.support.openapi_checks import assert_valid, error_schema, ok_schema
+from tests.support.rest import Gateway, serve_gateway
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -40,33 +39,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 LIMITS = RestLimits(max_body_bytes=4096, body_read_timeout_seconds=1.0)
 
 
-@dataclass
-class Gateway:
-    base: str
-    http: aiohttp.ClientSession
-    default_headers: dict[str, str] = field(default_factory=dict)
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
-        kwargs["headers"] = {**self.default_headers, **kwargs.get("headers", {})}
-        async with self.http.request(method, self.base + path, **kwargs) as response:
-            text = await response.text()
-            body = await response.json(content_type=None) if text else None
-            return response.status, body, response.headers
-
-
-async def _serve_gateway(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def balances_gateway(stack: Stack) -> AsyncIterator[Gateway]:
     routes = routes_of(balances_pb2.DESCRIPTOR.services_by_name.values())
-    runner, base = await _serve_gateway(
+    runner, base = await serve_gateway(
         build_gateway_app(stack.channel, routes, LIMITS, title="Balances")
     )
     async with aiohttp.ClientSession() as http:
@@ -90,7 +66,7 @@ async def echo_gateway(echo_target: str) -> AsyncIterator[Gateway]:
     pb, _ = gwroute_modules()
     channel = aio.insecure_channel(echo_target)
     routes = routes_of(pb.DESCRIPTOR.services_by_name.values())
-    runner, base = await _serve_gateway(build_gateway_app(channel, routes, LIMITS, title="Echo"))
+    runner, base = await serve_gateway(build_gateway_app(channel, routes, LIMITS, title="Echo"))
     async with aiohttp.ClientSession() as http:
         yield Gateway(base, http)
     await runner.cleanup()
@@ -427,7 +403,7 @@ async def test_an_unreachable_grpc_server_is_503_without_internal_addresses() ->
         dead = f"127.0.0.1:{probe.getsockname()[1]}"
     channel = aio.insecure_channel(dead)
     routes = routes_of(balances_pb2.DESCRIPTOR.services_by_name.values())
-    runner, base = await _serve_gateway(build_gateway_app(channel, routes, LIMITS, title="B"))
+    runner, base = await serve_gateway(build_gateway_app(channel, routes, LIMITS, title="B"))
     try:
         async with aiohttp.ClientSession() as http:
             gateway = Gateway(base, http)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_balances_api import (
+from tests.support.expected import (
     DOCUMENTED_CUSTOMER,
     DOCUMENTED_WALLET,
     assert_documented_shape,

@@ -13,7 +13,7 @@ from service.devchain.world import DemoWorld
 from service.errors import CannotListen
 from service.run import serve
 from service.settings import load_settings
-from tests.integration.test_cli import run_balances
+from tests.support.cli import run_balances
 from tests.support.stack import write_stack_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

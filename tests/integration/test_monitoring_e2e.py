@@ -30,10 +30,9 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from eth_utils.address import to_checksum_address
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
-from standardwebhooks import Webhook, WebhookVerificationError
+from standardwebhooks import WebhookVerificationError
 
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import wallets_pb2, wallets_pb2_grpc, webhooks_pb2_grpc
@@ -41,58 +40,34 @@ from balances.v1 import webhooks_pb2 as wpb
 from service.auth.keys import new_api_key
 from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import (
-    deploy_rebasing_token,
     mine,
-    mint_shares,
     set_rebase_index,
     transfer,
 )
 from service.devchain.rpc import rpc_call
-from service.devchain.world import POLYGON, DemoWallet, DemoWorld, deploy_network, fund_wallets
+from service.devchain.world import DemoWorld
 from service.money import format_amount
 from service.run import ServingPorts, serve
-from service.settings import RestSettings, WatchSettings, WebhookSettings
+from service.settings import RestSettings
 from service.store.sqlite import open_sqlite_stores
-from tests.integration.test_watch import Watch, changes_of, watch_wallet
+from tests.support.monitoring import (
+    POLL,
+    RECEIVER,
+    SENDER,
+    TRANSFER_TOPIC,
+    WEBHOOK_SETTINGS,
+    collapsed,
+    data_of,
+    holder,
+    monitored_world,
+    verified,
+)
 from tests.support.stack import Stack, keyed_channel, running_stack, write_stack_config
 from tests.support.tenancy_kit import new_key
-from tests.support.webhook_receiver import HOOK_PATH, Received, WebhookReceiver
+from tests.support.watching import Watch, changes_of, processed, watch_wallet
+from tests.support.webhook_receiver import HOOK_PATH, WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-POLL = 0.1  # the followers' poll interval
-RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)  # [webhooks] retry_schedule_seconds: 3.1 s in all
-WEBHOOK_SETTINGS: dict[str, Any] = {  # fields of Settings
-    "watch": WatchSettings(poll_interval_seconds=POLL),
-    "webhooks": WebhookSettings(
-        allow_http_hosts=("127.0.0.1",), timeout_seconds=2, retry_schedule_seconds=RETRIES
-    ),
-}
-TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
-
-
-def holder(n: int) -> str:
-    return to_checksum_address(f"0x{0xE2E0:04x}{n:036x}")
-
-
-SENDER = DemoWallet(
-    "wal_sender", "cus_acme", "polygon", holder(1), {"USDC": 1_000_000, "POL": 10**18}
-)
-RECEIVER = DemoWallet("wal_receiver", "cus_acme", "polygon", holder(2), {"USDC": 2_000_000})
-RBT_SHARES = 3_000_000  # the receiver's rebasing-token shares: 3.00 RBT at index 1.0
-
-
-async def monitored_world(start_anvil: AnvilFactory) -> DemoWorld:
-    node = start_anvil(POLYGON.chain_id)
-    await node.start()
-    world = DemoWorld()
-    network = await deploy_network(POLYGON, node.url)
-    # A token of the network like any other (6 decimals, pegged) whose balances rebase.
-    network.tokens["RBT"] = await deploy_rebasing_token(node.url, "Rebasing", "RBT", 6)
-    world.networks["polygon"] = network
-    await fund_wallets(world, [SENDER, RECEIVER])
-    await mint_shares(node.url, network.tokens["RBT"], RECEIVER.address, RBT_SHARES)
-    return world
 
 
 @dataclass
@@ -130,13 +105,21 @@ class Monitor:
 
     async def caught_up(self, timeout: float = 5.0) -> int:
         """Wait until the follower has processed the block at the read depth of the head."""
-        follower = self.stack.service.followers["polygon"]
         target = max(await self.head() - self.confirmations, 0)
-        deadline = time.monotonic() + timeout
-        while (last := follower.last_block) is None or last.number < target:
-            assert time.monotonic() < deadline, f"the follower did not reach block {target}"
-            await asyncio.sleep(0.02)
+        await processed(self.stack.service.followers["polygon"], target, timeout)
         return target
+
+    async def quiet(self, timeout: float = 5.0) -> None:
+        """Wait until no webhook is coming: the follower has processed the head's block at
+        the read depth (its events are in the outbox) and no event there is pending."""
+        await self.caught_up()
+        webhooks = self.stack.service.stores.webhooks
+        async with asyncio.timeout(timeout):
+            while True:
+                events = await webhooks.webhook_events()
+                if all(e.status != "pending" for e in events):
+                    return
+                await asyncio.sleep(0.02)
 
     async def settle(self) -> None:
         """Two processed blocks: whatever was configured before is now followed (baselined)."""
@@ -172,22 +155,6 @@ async def monitoring(
     ):
         await stack.service.start()
         yield Monitor(stack, receiver, webhooks_pb2_grpc.WebhooksServiceStub(stack.keyed))
-
-
-def verified(secret: str, received: Received) -> dict[str, Any]:
-    """The body, after ``standardwebhooks`` checked its signature (raises if it does not)."""
-    body: dict[str, Any] = Webhook(secret).verify(received.text, received.headers)
-    return body
-
-
-def data_of(received: Received) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(received.body)["data"]
-    return data
-
-
-def collapsed(ids: list[str]) -> list[str]:
-    """``ids`` without consecutive repeats (the retries of one event)."""
-    return [x for i, x in enumerate(ids) if i == 0 or ids[i - 1] != x]
 
 
 async def wallet_balance(stack: Stack, wallet_id: str) -> Any:
@@ -481,7 +448,7 @@ async def test_receiver_down_across_two_transfers_then_up_delivers_both_in_order
         refused = list(m.receiver.received)
         m.receiver.status = 200
         await m.receiver.wait_until(lambda: len(m.receiver.acknowledged()) == 6)
-        await asyncio.sleep(3 * POLL)
+        await m.quiet()  # nothing more is coming
 
         received = m.receiver.received
         acknowledged = m.receiver.acknowledged()
@@ -550,8 +517,7 @@ async def test_a_rebase_without_transfer_event_is_a_webhook_with_the_rebased_amo
         assert all(entry["topics"][0] != TRANSFER_TOPIC for entry in logs)
         await m.receiver.wait_until(lambda: len(m.receiver.received) == 1)
         await mine(m.url)
-        await m.caught_up()
-        await asyncio.sleep(3 * POLL)
+        await m.quiet()  # nothing more is coming
         (received,) = m.receiver.received
         data = verified(secret, received)["data"]
         assert (data["wallet_id"], data["currency"]) == (RECEIVER.wallet_id, "RBT")
@@ -574,7 +540,7 @@ async def test_replay_over_grpc_redelivers_with_the_same_webhook_id(
         started = datetime.now(UTC) - timedelta(seconds=1)
         await m.send(50_000)
         await m.receiver.wait_until(lambda: len(m.receiver.acknowledged()) == 3)
-        await asyncio.sleep(3 * POLL)
+        await m.quiet()  # nothing more is coming
         original = {r.event_id: r for r in m.receiver.received}
         assert len(original) == 3 and len(m.receiver.received) == 3
 
@@ -591,7 +557,7 @@ async def test_replay_over_grpc_redelivers_with_the_same_webhook_id(
         )
         assert replayed.requeued_count == 3
         await m.receiver.wait_until(lambda: len(m.receiver.received) == 6)
-        await asyncio.sleep(3 * POLL)
+        await m.quiet()  # nothing more is coming
         again = m.receiver.received[3:]
         assert len(m.receiver.received) == 6
         assert sorted(r.event_id for r in again) == sorted(original)
@@ -645,8 +611,7 @@ async def test_another_tenants_webhook_is_separate_and_gets_only_its_own_wallets
             await m.receiver.wait_until(lambda: len(m.receiver.received) == 3)
             await b_receiver.wait_until(lambda: len(b_receiver.received) == 1)
             await mine(m.url)
-            await m.caught_up()
-            await asyncio.sleep(3 * POLL)
+            await m.quiet()  # nothing more is coming
 
             a_wallets = {data_of(r)["wallet_id"] for r in m.receiver.received}
             assert a_wallets == {SENDER.wallet_id, RECEIVER.wallet_id}
@@ -675,6 +640,6 @@ async def test_another_tenants_webhook_is_separate_and_gets_only_its_own_wallets
             )
             assert replayed.requeued_count == 1
             await b_receiver.wait_until(lambda: len(b_receiver.received) == 2)
-            await asyncio.sleep(3 * POLL)
+            await m.quiet()  # nothing more is coming
             assert b_receiver.received[1].event_id == b_got.event_id
             assert len(m.receiver.received) == 3

@@ -11,7 +11,7 @@ import pytest
 from google.api import annotations_pb2
 
 from balances.v1 import balances_pb2 as pb
-from tests.integration.test_balances_api import expected_balances
+from tests.support.expected import expected_balances
 from tests.support.processes import run_tool
 from tests.support.stack import Stack
 

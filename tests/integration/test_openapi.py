@@ -11,59 +11,26 @@ import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 from grpc_tools import protoc
 from jsonschema.exceptions import ValidationError
-from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from openapi_spec_validator import validate
 
 from balances.v1 import balances_pb2 as pb
 from service.gateway.openapi import openapi_document
 from service.gateway.routes import routes_of
+from tests.support.expected import as_json
+from tests.support.openapi_checks import (
+    assert_valid,
+    balances_document,
+    component,
+    error_schema,
+    ok_schema,
+    schema_validator,
+)
 from tests.support.stack import Stack
 
 WALLET_PATH = "/v1/wallets/{walletId}/balance"
 CUSTOMER_PATH = "/v1/customers/{customerId}/balances"
-
-
-def balances_document() -> dict[str, Any]:
-    service = pb.DESCRIPTOR.services_by_name["BalancesService"]
-    return openapi_document(routes_of([service]), title="Balances API", version="v1")
-
-
-def schema_validator(document: dict[str, Any], schema: dict[str, Any]) -> OAS30Validator:
-    """A validator for ``schema`` whose $refs resolve inside ``document`` (formats checked)."""
-    return OAS30Validator(
-        {**schema, "components": document["components"]}, format_checker=oas30_format_checker
-    )
-
-
-def assert_valid(document: dict[str, Any], schema: dict[str, Any], instance: Any) -> None:
-    errors = list(schema_validator(document, schema).iter_errors(instance))
-    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
-
-
-def component(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def ok_schema(document: dict[str, Any], path: str, method: str = "get") -> dict[str, Any]:
-    schema: dict[str, Any] = document["paths"][path][method]["responses"]["200"]["content"][
-        "application/json"
-    ]["schema"]
-    return schema
-
-
-def error_schema(document: dict[str, Any], path: str, method: str = "get") -> dict[str, Any]:
-    schema: dict[str, Any] = document["paths"][path][method]["responses"]["default"]["content"][
-        "application/json"
-    ]["schema"]
-    return schema
-
-
-def as_json(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 # --- the Balances API -------------------------------------------------------------------------

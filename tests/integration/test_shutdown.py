@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -21,13 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import balances_pb2_grpc
 from service.devchain.world import DemoWorld
+from tests.support.cli import BALANCES
+from tests.support.processes import drain, processes_in_group, read_stderr_until_serving
 from tests.support.rpc_proxy import CountingProxy
 from tests.support.stack import keyed_channel, write_stack_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-BALANCES = Path(sys.executable).parent / "balances"
-SERVING_LINE = re.compile(r"serving gRPC on port (\d+)")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -51,39 +49,6 @@ class ServeProcess:
     async def exit_code(self, timeout: float) -> int:
         async with asyncio.timeout(timeout):
             return await self.process.wait()
-
-
-def processes_in_group(pgid: int) -> list[int]:
-    """Live processes whose process group is ``pgid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-async def _read_stderr_until_serving(
-    stream: asyncio.StreamReader, lines: list[str], timeout: float = 30
-) -> int:
-    async with asyncio.timeout(timeout):
-        while raw := await stream.readline():
-            line = raw.decode().rstrip("\n")
-            lines.append(line)
-            if match := SERVING_LINE.search(line):
-                return int(match.group(1))
-    raise AssertionError("balances serve exited before serving:\n" + "\n".join(lines))
-
-
-async def _drain(stream: asyncio.StreamReader, lines: list[str]) -> None:
-    while raw := await stream.readline():
-        lines.append(raw.decode().rstrip("\n"))
 
 
 @asynccontextmanager
@@ -123,8 +88,8 @@ async def serve_process(world: DemoWorld, tmp_path: Path) -> AsyncIterator[Serve
         stack.push_async_callback(kill_leftovers)
         assert process.stderr is not None
         lines: list[str] = []
-        port = await _read_stderr_until_serving(process.stderr, lines)
-        drains.append(asyncio.create_task(_drain(process.stderr, lines)))
+        port = await read_stderr_until_serving(process.stderr, lines)
+        drains.append(asyncio.create_task(drain(process.stderr, lines)))
         channel = keyed_channel(f"127.0.0.1:{port}", config.api_key)
         stack.push_async_callback(channel.close)
         running = ServeProcess(

@@ -25,7 +25,7 @@ from balances.v1 import wallets_pb2 as pb
 from service.auth.keys import new_api_key
 from service.errors import Unauthenticated
 from service.gateway.errors import WWW_AUTHENTICATE
-from tests.integration.test_gateway import Gateway
+from tests.support.rest import Gateway
 from tests.support.stack import Stack, keyed_channel
 from tests.support.tenancy_kit import (
     Stubs,

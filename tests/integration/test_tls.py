@@ -13,7 +13,6 @@ import asyncio
 import os
 import ssl
 import stat
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,11 +32,11 @@ from service.devchain.world import DemoWorld
 from service.run import ServingPorts, serve
 from service.settings import Settings, load_settings
 from service.tls import PrivateSocket
+from tests.support.cli import BALANCES
 from tests.support.stack import write_stack_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-BALANCES = Path(sys.executable).parent / "balances"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 WALLET = "wal_alice_polygon"
 

@@ -25,7 +25,7 @@ from service.devchain.world import DemoWorld
 from service.grpc_server import create_server
 from service.settings import load_settings
 from service.wiring import Service, open_service
-from tests.integration.test_gateway import Gateway
+from tests.support.rest import Gateway
 from tests.support.stack import Stack, keyed_channel, write_stack_config
 from tests.support.tenancy_kit import (
     KNOWN_KEYS,

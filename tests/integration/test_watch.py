@@ -9,13 +9,11 @@ its block follower polling every 0.1 s, and moves funds there: the shared
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,14 @@ from service.gateway.serve import start_gateway
 from service.run import ServingPorts, serve
 from service.settings import WatchSettings
 from tests.support.stack import Stack, keyed_channel, running_stack, write_stack_config
+from tests.support.watching import (
+    Watch,
+    changes_of,
+    processed,
+    until,
+    watch_customer,
+    watch_wallet,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -104,71 +110,16 @@ async def head(stack: Stack) -> int:
     return int(await rpc_call(url(stack), "eth_blockNumber"), 16)
 
 
+async def caught_up(stack: Stack) -> None:
+    """Wait until the follower has processed the block at the read depth of the head."""
+    depth = stack.settings.network("polygon").confirmations
+    await processed(stack.service.followers["polygon"], max(await head(stack) - depth, 0))
+
+
 async def send_usdc(stack: Stack, to: str, amount: int) -> int:
     """Transfer USDC from the dev account; the block it was mined in."""
     await transfer(url(stack), usdc(stack), await dev_account(url(stack)), to, amount)
     return await head(stack)
-
-
-def watch_wallet(stack: Stack, wallet_id: str) -> Any:
-    # The API key goes as call metadata: grpc.aio registers the stack's ApiKeyInterceptor
-    # (unary-unary and unary-stream in one class) as a unary-unary interceptor only.
-    request = pb.WatchWalletBalanceRequest(wallet_id=wallet_id)
-    return stack.stub.WatchWalletBalance(request, metadata=(("x-api-key", stack.api_key),))
-
-
-def watch_customer(stack: Stack, customer_id: str) -> Any:
-    request = pb.WatchCustomerBalancesRequest(customer_id=customer_id)
-    return stack.stub.WatchCustomerBalances(request, metadata=(("x-api-key", stack.api_key),))
-
-
-@dataclass
-class Watch:
-    """A stream read in the background into a queue (reading never cancels the call)."""
-
-    call: Any
-    messages: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
-    error: aio.AioRpcError | None = None
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @classmethod
-    def start(cls, call: Any) -> Watch:
-        watch = cls(call)
-        watch.task = asyncio.create_task(watch._pump())
-        return watch
-
-    async def _pump(self) -> None:
-        try:
-            async for message in self.call:
-                await self.messages.put(message)
-        except aio.AioRpcError as exc:
-            self.error = exc
-        finally:
-            self.ended.set()
-
-    async def next(self, timeout: float = 5.0) -> Any:
-        return await asyncio.wait_for(self.messages.get(), timeout)
-
-    async def within(self, seconds: float) -> Any:
-        """The next message if one arrives within ``seconds``, else None."""
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(self.messages.get(), seconds)
-        return None
-
-    async def none_within(self, seconds: float) -> bool:
-        return await self.within(seconds) is None
-
-
-def changes_of(message: Any) -> dict[str, tuple[str, str]]:
-    return {c.currency: (c.previous_amount, c.amount) for c in message.changes}
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 # --- detecting a transfer at the confirmation depth -----------------------------------------
@@ -183,7 +134,7 @@ async def test_a_transfer_is_one_message_at_the_confirmation_depth_and_warms_the
         first = await watch.next()
         assert first.initial and not first.changes and first.block_hash == ""
         assert {b.currency: b.amount for b in first.balances}["USDC"] == "1.00"
-        await asyncio.sleep(3 * POLL)  # the follower has read its baseline
+        await caught_up(stack)  # the follower has read its baseline
         mined_in = await send_usdc(stack, holder(1), 250_000)
         for _ in range(confirmations + 4):
             message = await watch.within(4 * POLL)
@@ -209,7 +160,8 @@ async def test_a_transfer_is_one_message_at_the_confirmation_depth_and_warms_the
         assert stack.eth_calls()["polygon"] == 0
         # Exactly one message: more blocks bring nothing.
         await mine(url(stack), 3)
-        assert await watch.none_within(5 * POLL)
+        await caught_up(stack)  # they were read, and changed nothing
+        assert await watch.none_within(2 * POLL)
         watch.call.cancel()
 
 
@@ -246,7 +198,7 @@ async def test_many_watchers_of_one_wallet_cost_one_snapshot_per_block(
         first = await customer.next()
         assert first.initial and first.total_balance.currency == "USD"
         assert [w.wallet_id for w in first.wallets] == ["wal_w1", "wal_w2"]
-        await asyncio.sleep(3 * POLL)
+        await caught_up(stack)  # the follower has read its baseline
         follower = stack.service.followers["polygon"]
         stack.reset_counts()
         reads_before = follower.snapshots_read
@@ -279,7 +231,7 @@ async def test_a_rebase_without_transfer_event_is_reported(
         watch = Watch.start(watch_wallet(stack, "wal_w2"))
         first = await watch.next()
         assert {b.currency: b.amount for b in first.balances}["RBT"] == "3.00"
-        await asyncio.sleep(3 * POLL)
+        await caught_up(stack)  # the follower has read its baseline
         token = stack.world.networks["polygon"].tokens["RBT"]
         await set_rebase_index(url(stack), token, 1_050_000_000_000_000_000)  # +5 %
         block = await head(stack)
@@ -314,7 +266,7 @@ async def test_slow_consumer_gets_the_latest_state_and_a_count_fast_one_every_up
         )
         assert (await fast.next()).initial
         assert (await slow_call.read()).initial
-        await asyncio.sleep(3 * POLL)
+        await caught_up(stack)  # the follower has read its baseline
         updates = 8
         for i in range(updates):
             block = await send_usdc(stack, holder(1), 1_000)
@@ -501,7 +453,7 @@ async def test_follower_logs_a_node_outage_and_emits_the_net_change_once(
     async with watching_stack(start_anvil, tmp_path) as stack:
         watch = Watch.start(watch_wallet(stack, "wal_w1"))
         assert (await watch.next()).initial
-        await asyncio.sleep(3 * POLL)
+        await caught_up(stack)  # the follower has read its baseline
         stack.proxies["polygon"].fail_with = 503  # the node is unreachable for the service
         await send_usdc(stack, holder(1), 100_000)
         last = await send_usdc(stack, holder(1), 200_000)

@@ -28,9 +28,10 @@ from service.webhooks.delivery import WebhookDelivery
 from service.webhooks.emitter import WebhookEmitter
 from service.webhooks.http_sender import HttpWebhookSender
 from service.webhooks.manage import WebhookManagement
-from tests.integration.test_cli import OFFLINE_CONFIG, run_balances
+from tests.support.cli import OFFLINE_CONFIG, balances_main
+from tests.support.monitoring import collapsed
 from tests.support.webhook_receiver import HOOK_PATH, Received, WebhookReceiver
-from tests.unit.test_webhooks import (
+from tests.support.webhook_values import (
     ACME,
     ADDR_1,
     ADDR_2,
@@ -115,11 +116,6 @@ async def until_settled(stores: SqliteStores, timeout: float = 15) -> list[Webho
             if all(e.status != "pending" for e in events):
                 return events
             await asyncio.sleep(0.02)
-
-
-def collapsed(ids: list[str]) -> list[str]:
-    """``ids`` without consecutive repeats (retries of one event)."""
-    return [x for i, x in enumerate(ids) if i == 0 or ids[i - 1] != x]
 
 
 def per_wallet(received: list[Received]) -> dict[str, list[str]]:
@@ -324,22 +320,22 @@ async def test_cli_replay_requeues_and_a_running_worker_delivers(
             events = await until_settled(stores)
             await receiver.wait_until(lambda: len(receiver.received) == 2)
             since = (events[0].created_at - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            code, stdout, stderr = await run_balances(
-                "webhooks", "replay", "--since", since, "--tenant", ACME,
+            code, stdout, stderr = await asyncio.to_thread(
+                balances_main, "webhooks", "replay", "--since", since, "--tenant", ACME,
                 "--config", str(config), cwd=tmp_path,
             )  # fmt: skip
             assert code == 0, stderr
             assert stdout.startswith(f"requeued 1 webhook events of tenant {ACME} created since")
-            # Another process changed the outbox: the worker finds it at its next poll.
+            # Another connection changed the outbox: the worker finds it at its next poll.
             await receiver.wait_until(lambda: len(receiver.received) == 3, timeout=5)
             await until_settled(stores)
         acme_event = next(e for e in events if e.tenant == ACME)
         assert receiver.received[-1].event_id == acme_event.event_id
-        code, _, stderr = await run_balances(
+        code, _, stderr = balances_main(
             "webhooks", "replay", "--since", "yesterday", "--config", str(config), cwd=tmp_path
         )
         assert code == 1 and "not an ISO 8601 time" in stderr and "Traceback" not in stderr
-        code, _, stderr = await run_balances(
+        code, _, stderr = balances_main(
             "webhooks", "replay", "--since", "2024-01-01T00:00:00", "--config", str(config),
             cwd=tmp_path,
         )  # fmt: skip

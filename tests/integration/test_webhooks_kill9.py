@@ -42,13 +42,9 @@ from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import mine, transfer
 from service.devchain.rpc import rpc_call
 from service.settings import WatchSettings, WebhookSettings
-from tests.integration.test_monitoring_e2e import RECEIVER, SENDER, collapsed, monitored_world
-from tests.integration.test_shutdown import (
-    BALANCES,
-    _drain,
-    _read_stderr_until_serving,
-    processes_in_group,
-)
+from tests.support.cli import BALANCES
+from tests.support.monitoring import RECEIVER, SENDER, collapsed, monitored_world
+from tests.support.processes import drain, processes_in_group, read_stderr_until_serving
 from tests.support.rpc_proxy import CountingProxy
 from tests.support.stack import keyed_channel, write_stack_config
 from tests.support.webhook_receiver import Received, WebhookReceiver
@@ -91,14 +87,14 @@ async def start_serving(config_path: Path) -> Served:
     assert process.stderr is not None
     lines: list[str] = []
     try:
-        port = await _read_stderr_until_serving(process.stderr, lines, timeout=15)
+        port = await read_stderr_until_serving(process.stderr, lines, timeout=15)
     except BaseException:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     # Keep reading stderr: a full pipe would block the server's logging.
-    return Served(process, port, lines, asyncio.create_task(_drain(process.stderr, lines)))
+    return Served(process, port, lines, asyncio.create_task(drain(process.stderr, lines)))
 
 
 async def kill_9(served: Served) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 from grpc import aio
 
 from balances.v1 import balances_pb2_grpc, wallets_pb2_grpc
@@ -27,7 +26,7 @@ from service.gateway.app import build_gateway_app
 from service.gateway.limits import RestLimits
 from service.gateway.routes import routes_of
 from service.logs import setup_logging
-from tests.integration.test_gateway import Gateway
+from tests.support.rest import Gateway, serve_gateway
 from tests.support.stack import Stack
 
 LIMITS = RestLimits(max_body_bytes=4096, body_read_timeout_seconds=1.0)
@@ -77,12 +76,8 @@ async def served_gateway(stack: Stack, api_key: str | None = None) -> AsyncItera
     ``api_key`` is sent as ``X-API-Key`` on every request unless a request overrides it.
     """
     app = build_gateway_app(stack.channel, routes_of(API_SERVICES), LIMITS, title="Balances")
-    runner = web.AppRunner(app)
-    await runner.setup()
+    runner, base = await serve_gateway(app)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         async with aiohttp.ClientSession() as http:
             yield Gateway(base, http, {"X-API-Key": api_key} if api_key else {})
     finally:

@@ -15,7 +15,7 @@ from balances.v1 import wallets_pb2
 from service.bounded_json import loads_bounded
 from service.errors import TooDeep
 from service.gateway.errors import GatewayError
-from service.gateway.routes import RouteTable, routes_of
+from service.gateway.routes import RouteMatch, RouteTable, routes_of
 from service.gateway.transcode import build_request
 
 DEEP = "[" * 1_000_000
@@ -39,7 +39,7 @@ def test_deep_nesting_is_refused_and_shallow_json_parses() -> None:
 def test_a_rest_body_nested_a_million_deep_is_a_400() -> None:
     table = RouteTable(routes_of(wallets_pb2.DESCRIPTOR.services_by_name.values()))
     found = table.find("POST", "/v1/customers/cus_a/wallets/import")
-    assert not isinstance(found, list)
+    assert isinstance(found, RouteMatch)
     with pytest.raises(GatewayError) as caught:
         build_request(found, [], DEEP.encode())
     assert caught.value.http_status == 400

@@ -122,7 +122,7 @@ async def test_a_signing_failure_is_a_failed_attempt_not_a_recording_failure(
     caplog.set_level(logging.INFO, logger="service.webhooks")
     outbox = Outbox([event("not-a-webhook-secret")])
     sender = Sender()
-    delivery = WebhookDelivery(outbox, sender, POLICY)  # type: ignore[arg-type]
+    delivery = WebhookDelivery(outbox, sender, POLICY)
     await delivery.start()
     try:
         await until(lambda: outbox.status.get("evt_1") == "failed")
@@ -139,7 +139,7 @@ async def test_a_signing_failure_is_a_failed_attempt_not_a_recording_failure(
 async def test_a_sender_that_raises_is_a_failed_attempt() -> None:
     outbox = Outbox([event(new_secret())])
     sender = Sender(error=RuntimeError("https://hooks.example.com/in?token=x"))
-    delivery = WebhookDelivery(outbox, sender, POLICY)  # type: ignore[arg-type]
+    delivery = WebhookDelivery(outbox, sender, POLICY)
     await delivery.start()
     try:
         await until(lambda: outbox.status.get("evt_1") == "failed")
@@ -155,9 +155,7 @@ async def test_only_a_store_failure_is_recording_failed_and_counts_no_attempt(
 ) -> None:
     outbox = Outbox([event(new_secret())], fail_writes=True)
     sender = Sender()
-    delivery = WebhookDelivery(  # type: ignore[arg-type]
-        outbox, sender, POLICY, poll_interval_seconds=0.05
-    )
+    delivery = WebhookDelivery(outbox, sender, POLICY, poll_interval_seconds=0.05)
     await delivery.start()
     try:
         await until(lambda: len(sender.sent) >= 2)  # tried again after the poll interval
@@ -172,7 +170,7 @@ async def test_only_a_store_failure_is_recording_failed_and_counts_no_attempt(
 @aio
 async def test_start_and_aclose_are_idempotent() -> None:
     outbox = Outbox([])
-    delivery = WebhookDelivery(outbox, Sender(), POLICY)  # type: ignore[arg-type]
+    delivery = WebhookDelivery(outbox, Sender(), POLICY)
     await delivery.aclose()
     await delivery.start()
     await delivery.start()

@@ -22,7 +22,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from balances.v1 import webhooks_pb2 as pb
 from service.api.tenancy import current_tenant
 from service.api.webhooks_servicer import WebhooksServicer
-from service.domain import BalanceChange, BlockRef, Snapshot, WebhookPolicy
+from service.domain import WebhookPolicy
 from service.errors import InvalidArgument, NotFound
 from service.money import format_amount
 from service.store.sqlite import SqliteStores, SqliteWalletStore, open_sqlite_stores
@@ -31,16 +31,22 @@ from service.webhooks.emitter import WebhookEmitter
 from service.webhooks.manage import WebhookManagement
 from service.webhooks.signing import new_secret, signature, signed_headers
 from service.webhooks.urls import check_webhook_url
+from tests.support.webhook_values import (
+    ACME,
+    ADDR_1,
+    ADDR_2,
+    ADDR_3,
+    GLOBEX,
+    block,
+    native,
+    snapshot_of,
+    usdc,
+)
 
 aio = pytest.mark.asyncio(loop_scope="session")
 
 T = TypeVar("T")
 
-ACME = "acme"
-GLOBEX = "globex"
-ADDR_1 = "0x742D35CC6634c0532925A3b844BC9E7595F0BEb0"
-ADDR_2 = "0x9876543210987654321098765432109876543210"
-ADDR_3 = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"
 SETTINGS = WebhookPolicy(
     allow_http_hosts=("127.0.0.1",), timeout_seconds=2.0, retry_schedule_seconds=(0.1, 0.2)
 )
@@ -48,22 +54,6 @@ SECRET_RE = re.compile(r"whsec_[A-Za-z0-9+/]{43}=")
 
 
 # ---------------------------------------------------------------- shared helpers
-
-
-def block(number: int, network: str = "polygon", timestamp: int = 1_705_314_600) -> BlockRef:
-    return BlockRef(network, number, "0x" + f"{number:064x}", timestamp + number)
-
-
-def usdc(address: str, previous: int, current: int, network: str = "polygon") -> BalanceChange:
-    return BalanceChange(network, address, "USDC", 6, previous, current)
-
-
-def native(address: str, previous: int, current: int, network: str = "polygon") -> BalanceChange:
-    return BalanceChange(network, address, "POL", 18, previous, current)
-
-
-def snapshot_of(ref: BlockRef) -> Snapshot:
-    return Snapshot(ref.network, ref.number, ref.timestamp, {}, {})
 
 
 async def as_tenant(tenant: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from service.ports import Clock
+from service.ports import Clock, utc_now
 from service.store.sqlite.api_keys import SqliteApiKeyStore
-from service.store.sqlite.database import SqliteDatabase, utc_now
+from service.store.sqlite.database import SqliteDatabase
 from service.store.sqlite.follower_state import SqliteFollowerStateStore
 from service.store.sqlite.wallets import SqliteWalletStore
 from service.store.sqlite.webhooks import SqliteWebhookStore

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from service.domain import parse_tenant
 from service.errors import AlreadyExists, NotFound
+from service.ports import utc_now
 from service.records import ApiKeyRecord
 from service.store.sqlite.database import (
     SqliteDatabase,
     as_stored,
     from_timestamp,
     to_timestamp,
-    utc_now,
 )
 
 if TYPE_CHECKING:

@@ -20,7 +20,6 @@ __all__ = [
     "from_timestamp",
     "in_transaction",
     "to_timestamp",
-    "utc_now",
 ]
 
 _log = logging.getLogger(__name__)
@@ -140,11 +139,6 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise
     _log.info("database %s open at schema version %d", path, version)
     return connection
-
-
-def utc_now() -> datetime:
-    """The default clock of the stores."""
-    return datetime.now(UTC)
 
 
 def to_timestamp(moment: datetime) -> str:

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
 from service.errors import AlreadyExists, CustomerNotFound, WalletNotFound
+from service.ports import utc_now
 from service.records import WalletCursor, WalletRow, new_wallet_id
 from service.store.rules import existing_wallet_for
 from service.store.sqlite.database import (
     SqliteDatabase,
     from_timestamp,
     to_timestamp,
-    utc_now,
 )
 
 if TYPE_CHECKING:

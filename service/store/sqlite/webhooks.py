@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.domain import Wallet, parse_tenant
 from service.errors import InvalidArgument
+from service.ports import utc_now
 from service.records import (
     DueWebhookEvent,
     NewWebhookEvent,
@@ -22,7 +23,6 @@ from service.store.sqlite.database import (
     SqliteDatabase,
     from_timestamp,
     to_timestamp,
-    utc_now,
 )
 from service.store.sqlite.wallets import wallet_from_row
 
