@@ -88,7 +88,7 @@ class BalanceQueries:
             for token in self._tokens[network]:
                 price = token_price(token, snapshot)
                 held = sum(
-                    snapshot.balances[address][token.symbol]
+                    snapshot.balances[address][token.currency]
                     for address in {w.address for w in wallets if w.network == network}
                 )
                 values.append(value_of(held, token.decimals, price))
@@ -137,7 +137,7 @@ class BalanceQueries:
         return WalletBalance(
             wallet=wallet,
             amounts=tuple(
-                TokenAmount(t.symbol, held[t.symbol], t.decimals)
+                TokenAmount(t.currency, held[t.currency], t.decimals)
                 for t in self._tokens[wallet.network]
             ),
             block_number=snapshot.block_number,

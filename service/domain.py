@@ -102,7 +102,7 @@ PriceSource = PegPrice | FeedPrice
 class Token:
     """A currency held on one network.  ``address`` is None for the native coin."""
 
-    symbol: str
+    currency: str  # the token's symbol, as the API's `currency` shows it
     decimals: int
     address: str | None
     price: PriceSource
@@ -137,8 +137,8 @@ class FeedReading:
 class Snapshot:
     """Balances of some addresses on one network, all read at one block.
 
-    ``balances[address][symbol]`` is the raw on-chain integer.  ``feeds`` holds
-    the price-feed readings by token symbol, when they were asked for.
+    ``balances[address][currency]`` is the raw on-chain integer.  ``feeds`` holds
+    the price-feed readings by currency, when they were asked for.
     """
 
     network: str
@@ -152,7 +152,7 @@ class Snapshot:
 class TokenAmount:
     """An amount of one currency, exact: ``raw`` / 10**``decimals``."""
 
-    symbol: str
+    currency: str
     raw: int
     decimals: int
 
@@ -193,7 +193,7 @@ class BalanceChange:
 
     network: str
     address: str
-    symbol: str
+    currency: str
     decimals: int
     previous: int
     current: int

@@ -21,18 +21,18 @@ def token_price(token: Token, snapshot: Snapshot) -> Fraction:
     if isinstance(price, PegPrice):
         return price.value
     assert isinstance(price, FeedPrice)
-    reading = snapshot.feeds.get(token.symbol)
+    reading = snapshot.feeds.get(token.currency)
     if reading is None:
-        raise PriceUnavailable(snapshot.network, token.symbol, "the price feed was not read")
+        raise PriceUnavailable(snapshot.network, token.currency, "the price feed was not read")
     if reading.answer <= 0:
         raise PriceUnavailable(
-            snapshot.network, token.symbol, "the price feed answer is not positive"
+            snapshot.network, token.currency, "the price feed answer is not positive"
         )
     age = snapshot.block_timestamp - reading.updated_at
     if age > price.max_age_seconds:
         raise PriceUnavailable(
             snapshot.network,
-            token.symbol,
+            token.currency,
             f"the price feed is stale ({age}s old, max {price.max_age_seconds}s)",
         )
     return Fraction(reading.answer, 10**reading.decimals)

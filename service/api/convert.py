@@ -107,7 +107,7 @@ def _watched_wallet(update: WalletUpdate) -> pb.WatchedWallet:
 
 def _change(change: BalanceChange) -> pb.BalanceChange:
     return pb.BalanceChange(
-        currency=change.symbol,
+        currency=change.currency,
         previous_amount=format_amount(change.previous, change.decimals),
         amount=format_amount(change.current, change.decimals),
         decimals=change.decimals,
@@ -116,7 +116,7 @@ def _change(change: BalanceChange) -> pb.BalanceChange:
 
 def _token_balance(amount: TokenAmount) -> pb.TokenBalance:
     return pb.TokenBalance(
-        currency=amount.symbol,
+        currency=amount.currency,
         amount=format_amount(amount.raw, amount.decimals),
         decimals=amount.decimals,
     )

@@ -219,20 +219,22 @@ class ChainReader:
         feed_words: dict[str, dict[str, tuple[Any, ...]]] = {}
         for read, result in zip(reads, results, strict=True):
             if read.holder is not None:
-                balances[read.holder][read.token.symbol] = self._uint(result, read.what, read.token)
+                balances[read.holder][read.token.currency] = self._uint(
+                    result, read.what, read.token
+                )
             else:
                 types = ["uint80", "int256", "uint256", "uint256", "uint80"]
                 if read.what == "feed decimals":
                     types = ["uint8"]
                 words = self._decode(result, types, read.what, read.token)
-                feed_words.setdefault(read.token.symbol, {})[read.what] = words
+                feed_words.setdefault(read.token.currency, {})[read.what] = words
         feeds = {
-            symbol: FeedReading(
+            currency: FeedReading(
                 answer=int(words["feed answer"][1]),
                 decimals=int(words["feed decimals"][0]),
                 updated_at=int(words["feed answer"][3]),
             )
-            for symbol, words in feed_words.items()
+            for currency, words in feed_words.items()
         }
         return Snapshot(self.network.name, number, timestamp, balances, feeds)
 
@@ -242,16 +244,16 @@ class ChainReader:
     def _decode(
         self, result: CallResult, types: list[str], what: str, token: Token | None
     ) -> tuple[Any, ...]:
-        symbol = token.symbol if token else None
+        currency = token.currency if token else None
         if not result.success:
-            raise ChainUnavailable(self.network.name, f"{what} read failed", symbol)
+            raise ChainUnavailable(self.network.name, f"{what} read failed", currency)
         if not result.data:
             # A call to an address without code "succeeds" with nothing: never a zero.
             raise ChainUnavailable(
-                self.network.name, f"{what} read returned no data (is there a contract?)", symbol
+                self.network.name, f"{what} read returned no data (is there a contract?)", currency
             )
         if len(result.data) < 32 * len(types):
-            raise ChainUnavailable(self.network.name, f"{what} answer is malformed", symbol)
+            raise ChainUnavailable(self.network.name, f"{what} answer is malformed", currency)
         return tuple(decode(types, result.data[: 32 * len(types)]))
 
     async def _request(self, method: str, params: list[Any]) -> Any:

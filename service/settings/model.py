@@ -139,7 +139,7 @@ class NetworkSettings:
         check_int_between("max_calls_per_batch", self.max_calls_per_batch, 3, 1000)
         if not self.tokens:
             raise ConfigError("tokens", "at least one token is required")
-        symbols = [t.symbol for t in self.tokens]
+        symbols = [t.currency for t in self.tokens]
         for i, symbol in enumerate(symbols):
             if symbol in symbols[:i]:
                 raise ConfigError(f"tokens[{i}].symbol", f"duplicate symbol {symbol!r}")

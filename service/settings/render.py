@@ -87,7 +87,7 @@ def _token(token: Token) -> dict[str, Value | None]:
     else:
         price = f"{{ peg = {_value(_decimal(token.price.value))} }}"
     return {
-        "symbol": token.symbol,
+        "symbol": token.currency,
         "decimals": token.decimals,
         **({"native": True} if token.is_native else {"address": token.address}),
         "price": _Raw(price),

@@ -23,12 +23,12 @@ def compare(
         if previous_balances is None:
             fresh.append(address)
             continue
-        for symbol, current in balances.items():
-            previous = previous_balances.get(symbol)
+        for currency, current in balances.items():
+            previous = previous_balances.get(currency)
             if previous is not None and previous != current:
                 changes.append(
                     BalanceChange(
-                        snapshot.network, address, symbol, decimals[symbol], previous, current
+                        snapshot.network, address, currency, decimals[currency], previous, current
                     )
                 )
     return changes, fresh

@@ -64,7 +64,7 @@ class BlockFollower:
     ) -> None:
         self.network = network
         self._depth = depth
-        self._decimals = {t.symbol: t.decimals for t in tokens}
+        self._decimals = {t.currency: t.decimals for t in tokens}
         self._store = state_store
         self._restored = state_store is None
         self._chain = chain

@@ -254,22 +254,22 @@ class WatchHub:
 
 
 def _raw(balance: WalletBalance) -> dict[str, int]:
-    return {a.symbol: a.raw for a in balance.amounts}
+    return {a.currency: a.raw for a in balance.amounts}
 
 
 def _changes(previous: WalletBalance | None, current: WalletBalance) -> tuple[BalanceChange, ...]:
     before: dict[str, TokenAmount] = (
-        {a.symbol: a for a in previous.amounts} if previous is not None else {}
+        {a.currency: a for a in previous.amounts} if previous is not None else {}
     )
     return tuple(
         BalanceChange(
             current.wallet.network,
             current.wallet.address,
-            a.symbol,
+            a.currency,
             a.decimals,
-            before[a.symbol].raw if a.symbol in before else 0,
+            before[a.currency].raw if a.currency in before else 0,
             a.raw,
         )
         for a in current.amounts
-        if a.symbol not in before or before[a.symbol].raw != a.raw
+        if a.currency not in before or before[a.currency].raw != a.raw
     )

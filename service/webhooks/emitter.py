@@ -68,7 +68,7 @@ class WebhookEmitter:
                 wallet_id=wallet.wallet_id,
                 event_type=BALANCE_UPDATED,
                 network=block.network,
-                currency=change.symbol,
+                currency=change.currency,
                 block_number=block.number,
                 block_hash=block.hash,
                 payload=balance_updated_body(

@@ -52,7 +52,7 @@ def balance_updated_body(
             "customer_id": customer_id,
             "balance": format_amount(change.current, change.decimals),
             "previous_balance": format_amount(change.previous, change.decimals),
-            "currency": change.symbol,
+            "currency": change.currency,
             "network": block.network,
             "block_number": block.number,
             "block_hash": block.hash,

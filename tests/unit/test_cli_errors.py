@@ -8,24 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-
-SECRET = "SECRET-PROVIDER-KEY"
-
-OFFLINE_CONFIG = f"""
-[directory]
-path = "wallets.sqlite3"
-
-[[networks]]
-name = "polygon"
-chain_id = 137
-rpc_urls = ["http://127.0.0.1:9/v3/{SECRET}"]
-
-[[networks.tokens]]
-symbol = "USDC"
-address = "0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359"
-decimals = 6
-price = {{ peg = "1" }}
-"""
+from tests.support.cli import OFFLINE_CONFIG, SECRET
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], code: int, *words: str) -> str:

@@ -85,11 +85,11 @@ def test_valid_config_parses_to_typed_values_and_defaults(tmp_path: Path) -> Non
     assert ethereum.multicall3 == CANONICAL_MULTICALL3  # default
     assert ethereum.max_calls_per_batch == 500  # default
     usdc, eth = ethereum.tokens
-    assert (usdc.symbol, usdc.decimals, usdc.address) == ("USDC", 6, USDC)  # checksummed
+    assert (usdc.currency, usdc.decimals, usdc.address) == ("USDC", 6, USDC)  # checksummed
     assert not usdc.is_native
     assert usdc.price == PegPrice(Fraction(1))
     assert type(usdc.price.value) is Fraction
-    assert (eth.symbol, eth.decimals, eth.address, eth.is_native) == ("ETH", 18, None, True)
+    assert (eth.currency, eth.decimals, eth.address, eth.is_native) == ("ETH", 18, None, True)
     assert eth.price == FeedPrice(address=ETH_USD_FEED, max_age_seconds=3600)  # default age
 
     polygon = settings.network("polygon")
@@ -453,7 +453,7 @@ def test_example_config_loads() -> None:
     assert settings.network("polygon").chain_id == 137
     assert settings.network("ethereum").chain_id == 1
     for network in settings.networks:
-        symbols = {t.symbol for t in network.tokens}
+        symbols = {t.currency for t in network.tokens}
         assert {"USDC", "USDT"} <= symbols, network.name
         assert all(url.startswith("https://") for url in network.rpc_urls), network.name
 
