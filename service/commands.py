@@ -34,7 +34,7 @@ __all__ = [
 async def import_wallets(settings: Settings, file: Path, tenant: str) -> str:
     parse_tenant(tenant)
     networks = [n.name for n in settings.networks]
-    async with open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_sqlite_stores(settings.directory_path) as stores:
         wallets = await import_wallet_file(stores.wallets, file, tenant, networks)
     return f"imported {len(wallets)} wallets into {settings.directory_path}"
 
@@ -53,13 +53,13 @@ class CreatedKey:
 async def create_key(settings: Settings, tenant: str) -> CreatedKey:
     parse_tenant(tenant)
     key = new_api_key()
-    async with open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_sqlite_stores(settings.directory_path) as stores:
         record = await stores.api_keys.add_key(key.key_id, tenant, key.digest)
     return CreatedKey(key.plaintext, record)
 
 
 async def revoke_key(settings: Settings, key_id: str) -> str:
-    async with open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_sqlite_stores(settings.directory_path) as stores:
         record = await stores.api_keys.revoke_key(key_id)
     assert record.revoked_at is not None
     return (
@@ -71,7 +71,7 @@ async def revoke_key(settings: Settings, key_id: str) -> str:
 async def list_keys(settings: Settings, tenant: str | None) -> list[str]:
     if tenant is not None:
         parse_tenant(tenant)
-    async with open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_sqlite_stores(settings.directory_path) as stores:
         records = await stores.api_keys.list_keys(tenant)
     rows = [("KEY ID", "TENANT", "CREATED", "REVOKED")] + [
         (
@@ -90,7 +90,7 @@ async def list_keys(settings: Settings, tenant: str | None) -> list[str]:
 
 
 async def migrate(settings: Settings) -> str:
-    async with open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_sqlite_stores(settings.directory_path) as stores:
         version = await stores.database.schema_version()
     return f"wallet directory {settings.directory_path} is at schema version {version}"
 
@@ -98,7 +98,7 @@ async def migrate(settings: Settings) -> str:
 async def replay_webhooks(settings: Settings, tenant: str | None, since: datetime) -> str:
     if tenant is not None:
         parse_tenant(tenant)
-    async with open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_sqlite_stores(settings.directory_path) as stores:
         management = WebhookManagement(stores.webhooks, settings.webhooks.policy)
         count = await management.replay(tenant, since)
     whose = "" if tenant is None else f" of tenant {tenant}"

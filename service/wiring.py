@@ -3,8 +3,8 @@
 ``open_service(settings)`` connects to each network (checking it is the
 configured chain), opens the stores and wires the use cases; ``async with``
 closes all of it.  ``Service.start()`` starts the background work (block
-followers, newHeads subscriptions, webhook delivery) and registers each stop on
-the same exit stack, so nothing outlives the stores it uses.
+followers, newHeads subscriptions, webhook delivery), whose stops are
+registered on the same exit stack, so nothing outlives the stores it uses.
 """
 
 from __future__ import annotations
@@ -55,22 +55,18 @@ class Service:
     webhook_emitter: WebhookEmitter  # block changes -> outbox
     webhook_delivery: WebhookDelivery  # outbox -> receivers
     webhook_management: WebhookManagement  # the config and replay use cases
-    exits: AsyncExitStack  # where each start registers its stop
 
     async def start(self) -> None:
-        """Start the background work; each part's stop runs when the service closes."""
+        """Start the background work; ``open_service`` already registered each stop."""
         self.start_watching()
         await self.webhook_delivery.start()
-        self.exits.push_async_callback(self.webhook_delivery.aclose)
 
     def start_watching(self) -> None:
         """Start every block follower and newHeads subscription (idempotent)."""
         for follower in self.followers.values():
             follower.start()
-            self.exits.push_async_callback(follower.aclose)
         for subscription in self.new_heads:
             subscription.start()
-            self.exits.push_async_callback(subscription.aclose)
 
     def stop_watches(self) -> None:
         """End every open watch stream normally (shutdown starts); new ones end at once."""
@@ -90,7 +86,8 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         for name, reader in readers.items():
             if not reader.uses_multicall:
                 log.warning("network %s: no Multicall3 code; using JSON-RPC batches", name)
-        stores = await exits.enter_async_context(open_sqlite_stores(settings.directory_path))
+        stores = await open_sqlite_stores(settings.directory_path)
+        exits.push_async_callback(stores.aclose)
         cache = MemorySnapshotCache(settings.cache_ttl_seconds)
         exits.push_async_callback(cache.aclose)
         queries = BalanceQueries(
@@ -112,11 +109,22 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         sender = HttpWebhookSender(settings.webhooks.policy)
         exits.push_async_callback(sender.aclose)  # after delivery has stopped using it
         delivery = WebhookDelivery(stores.webhooks, sender, settings.webhooks.policy)
+        exits.push_async_callback(delivery.aclose)
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         followers = {
             n.name: _follower(settings, n, readers[n.name], queries, hub, stores, emitter)
             for n in settings.networks
         }
+        new_heads = tuple(
+            NewHeadsSubscription(n.name, n.ws_url, followers[n.name].wake)
+            for n in settings.networks
+            if n.ws_url is not None
+        )
+        # Stopping what never started is a no-op: every stop is registered here, once.
+        for follower in followers.values():
+            exits.push_async_callback(follower.aclose)
+        for subscription in new_heads:
+            exits.push_async_callback(subscription.aclose)
         yield Service(
             settings=settings,
             stores=stores,
@@ -129,17 +137,12 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             hub=hub,
             watches=BalanceWatches(stores.wallets, queries, hub),
             followers=followers,
-            new_heads=tuple(
-                NewHeadsSubscription(n.name, n.ws_url, followers[n.name].wake)
-                for n in settings.networks
-                if n.ws_url is not None
-            ),
+            new_heads=new_heads,
             webhook_emitter=emitter,
             webhook_delivery=delivery,
             webhook_management=WebhookManagement(
                 stores.webhooks, settings.webhooks.policy, wake_delivery=delivery.wake
             ),
-            exits=exits,
         )
 
 

@@ -7,7 +7,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from service.errors import AlreadyExists, InvalidArgument, NotFound, WalletNotFo
 from service.records import WalletCursor, WalletRow
 from service.store.sqlite import SqliteStores, open_sqlite_stores
 from service.store.sqlite.migrations import MIGRATIONS, migrate, schema_version
+from tests.support.clock import StepClock
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,17 +31,6 @@ ADDR_3 = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"
 ADDRESSES = [f"0x{index:040x}" for index in range(1, 10)]  # all digits: checksummed as is
 
 
-class StepClock:
-    """A clock that advances one second per reading."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "registry.sqlite3"
@@ -48,7 +38,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest_asyncio.fixture
 async def stores(db_path: Path) -> AsyncIterator[SqliteStores]:
-    async with open_sqlite_stores(db_path) as opened:
+    async with await open_sqlite_stores(db_path) as opened:
         yield opened
 
 

@@ -58,7 +58,7 @@ PATIENT = WebhookPolicy(
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stores(tmp_path: Path) -> AsyncIterator[SqliteStores]:
-    async with open_sqlite_stores(tmp_path / "wallets.sqlite3") as opened:
+    async with await open_sqlite_stores(tmp_path / "wallets.sqlite3") as opened:
         yield opened
 
 

@@ -29,6 +29,7 @@ from service.importfile import import_wallet_file, read_wallet_file
 from service.records import WalletRow, new_wallet_id
 from service.store.sqlite import SqliteStores, SqliteWalletStore, open_sqlite_stores
 from service.store.sqlite.migrations import MIGRATIONS, migrate, schema_version
+from tests.support.clock import StepClock
 
 NETWORKS = frozenset({"ethereum", "polygon"})
 TENANT_A = "tenant-a"
@@ -74,17 +75,6 @@ def entry(
     return {"customer_id": customer_id, "network": network, "address": address, **extra}
 
 
-class StepClock:
-    """A clock that advances one second per reading."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "dirs" / "wallets.sqlite3"
@@ -92,7 +82,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest_asyncio.fixture
 async def directory(db_path: Path) -> AsyncIterator[SqliteWalletStore]:
-    async with open_sqlite_stores(db_path) as stores:
+    async with await open_sqlite_stores(db_path) as stores:
         yield stores.wallets
 
 

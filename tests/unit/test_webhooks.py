@@ -68,7 +68,7 @@ async def as_tenant(tenant: str, call: Callable[[], Awaitable[T]]) -> T:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stores(tmp_path: Path) -> AsyncIterator[SqliteStores]:
-    async with open_sqlite_stores(tmp_path / "wallets.sqlite3") as opened:
+    async with await open_sqlite_stores(tmp_path / "wallets.sqlite3") as opened:
         yield opened
 
 
