@@ -1,10 +1,16 @@
 """The use cases: a wallet's balances and a customer's balances, cached and coalesced.
 
-Snapshots are cached by (network, addresses, prices or not).  A wallet query
-reads a snapshot of its one address; a customer query reads one snapshot per
-network holding all of the customer's addresses there, so every wallet of a
+Snapshots are cached by (tenant, network, addresses, prices or not).  A wallet
+query reads a snapshot of its one address; a customer query reads one snapshot
+per network holding all of the customer's addresses there, so every wallet of a
 customer on one network comes from the same block.  Concurrent misses for the
 same key share one upstream read; failures are never cached.
+
+The tenant is part of every key, and so of every coalesced read: a tenant can
+never be served (or kept waiting on) a read another tenant caused, so neither
+the block number of an answer nor its latency says whether someone else asked
+for the same address.  The price is one upstream read per tenant asking, not
+one per address (see SECURITY.md).
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class BalanceQueries:
     ) -> WalletBalance:
         wallet = await self._directory.get_wallet(tenant, parse_wallet_id(wallet_id))
         snapshot = await self._snapshot(
-            wallet.network, [wallet.address], with_prices=False, timeout=timeout
+            tenant, wallet.network, [wallet.address], with_prices=False, timeout=timeout
         )
         return self._wallet_balance(wallet, snapshot)
 
@@ -74,6 +80,7 @@ class BalanceQueries:
         snapshots = await asyncio.gather(
             *(
                 self._snapshot(
+                    tenant,
                     network,
                     sorted({w.address for w in wallets if w.network == network}),
                     with_prices=True,
@@ -99,23 +106,27 @@ class BalanceQueries:
             wallets=tuple(self._wallet_balance(w, by_network[w.network]) for w in wallets),
         )
 
-    async def wallet_deleted(self, network: str, address: str) -> None:
+    async def wallet_deleted(self, wallet: Wallet) -> None:
         """Drop the cached single-address snapshots of a wallet that was deleted.
 
         Multi-address (customer) snapshots need no dropping: a customer's
         address set changes with the deletion, and so does its cache key.
         """
         for with_prices in (False, True):
-            await self._cache.delete(_cache_key(network, [address], with_prices))
+            await self._cache.delete(
+                _cache_key(wallet.tenant, wallet.network, [wallet.address], with_prices)
+            )
 
-    async def remember_address(self, snapshot: Snapshot, address: str) -> None:
-        """Cache ``address``'s balances from a snapshot read elsewhere (the block follower).
+    async def remember_address(self, tenant: str, snapshot: Snapshot, address: str) -> None:
+        """Cache ``address``'s balances, for ``tenant``, from a read the block follower made.
 
         Stored under the key a wallet query of that one address reads, so
-        ``GetWalletBalance`` answers with exactly what a watch just announced,
-        without an upstream call.  A newer cached read is never replaced.
+        ``GetWalletBalance`` answers with exactly what a watch or webhook of
+        ``tenant`` just announced, without an upstream call.  Only a tenant that
+        follows the address itself is given the read (``CacheRefresh``).  A
+        newer cached read is never replaced.
         """
-        key = _cache_key(snapshot.network, [address], False)
+        key = _cache_key(tenant, snapshot.network, [address], False)
         cached = await self._cache.get(key)
         if cached is not None and cached.block_number > snapshot.block_number:
             return
@@ -145,12 +156,18 @@ class BalanceQueries:
         )
 
     async def _snapshot(
-        self, network: str, addresses: list[str], *, with_prices: bool, timeout: float | None
+        self,
+        tenant: str,
+        network: str,
+        addresses: list[str],
+        *,
+        with_prices: bool,
+        timeout: float | None,
     ) -> Snapshot:
         source = self._sources.get(network)
         if source is None:
             raise ChainUnavailable(network, "this network is not configured on the server")
-        key = _cache_key(network, addresses, with_prices)
+        key = _cache_key(tenant, network, addresses, with_prices)
         task = self._inflight.get(key)
         if task is None:
             cached = await self._cache.get(key)
@@ -195,6 +212,7 @@ class BalanceQueries:
             log.debug("snapshot %s failed: %s", key[:24], task.exception())
 
 
-def _cache_key(network: str, addresses: list[str], with_prices: bool) -> str:
-    digest = hashlib.sha256(",".join(addresses).encode()).hexdigest()
-    return f"snapshot:{network}:{'priced' if with_prices else 'plain'}:{digest}"
+def _cache_key(tenant: str, network: str, addresses: list[str], with_prices: bool) -> str:
+    """One namespace per tenant; hashed, so a tenant name cannot collide with a separator."""
+    scope = "\n".join((tenant, network, "priced" if with_prices else "plain", *addresses))
+    return f"snapshot:{hashlib.sha256(scope.encode()).hexdigest()}"

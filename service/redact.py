@@ -37,8 +37,19 @@ class Redactor:
         return _ANY_URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
 class RedactingFilter(logging.Filter):
-    """A handler filter: renders each record's message and traceback, then redacts them."""
+    """A handler filter: renders each record's message, traceback, stack and ``extra=``
+    fields, then redacts them.
+
+    Exception arguments reach a line only through the rendered message or the
+    traceback's text, both redacted here.  An ``extra=`` value that is not a
+    plain number or flag is replaced by its redacted text, so a formatter
+    (a JSON one, say) cannot write an object whose ``str`` holds a secret.
+    """
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__()
@@ -52,4 +63,10 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self._redactor.redact(record.exc_text)
         record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self._redactor.redact(record.stack_info)
+        for name, value in list(vars(record).items()):
+            if name in _RECORD_FIELDS or value is None or isinstance(value, bool | int | float):
+                continue
+            setattr(record, name, self._redactor.redact(str(value)))
         return True

@@ -29,7 +29,7 @@ MAX_PAGE_SIZE = 1000
 _MAX_TOKEN_CHARS = 512
 
 WalletPage = tuple[list[Wallet], str]
-WalletDeleted = Callable[[str, str], Awaitable[None]]
+WalletDeleted = Callable[[Wallet], Awaitable[None]]
 
 
 class WalletRegistry:
@@ -83,7 +83,7 @@ class WalletRegistry:
         wallet = await self._directory.delete_wallet(
             tenant, customer_id, parse_wallet_id(wallet_id)
         )
-        await self._on_wallet_deleted(wallet.network, wallet.address)
+        await self._on_wallet_deleted(wallet)
         return wallet
 
 

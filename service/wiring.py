@@ -21,6 +21,7 @@ from service.cache import MemorySnapshotCache
 from service.chain.new_heads import NewHeadsSubscription
 from service.chain.reader import ChainReader
 from service.chain.rpc import RpcClient
+from service.domain import Wallet
 from service.registry import WalletRegistry
 from service.settings import NetworkSettings, Settings
 from service.store.sqlite import SqliteStores, open_sqlite_stores
@@ -102,9 +103,9 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         hub = WatchHub(queries.wallet_balance_at, stores.wallets.get_wallet)
         exits.callback(hub.close)
 
-        async def wallet_deleted(network: str, address: str) -> None:
-            await queries.wallet_deleted(network, address)
-            await hub.address_released(network, address)  # ends watches of a deleted wallet
+        async def wallet_deleted(wallet: Wallet) -> None:
+            await queries.wallet_deleted(wallet)
+            await hub.address_released(wallet.network, wallet.address)  # ends its watches
 
         sender = HttpWebhookSender(settings.webhooks.policy)
         exits.push_async_callback(sender.aclose)  # after delivery has stopped using it
@@ -165,7 +166,7 @@ def _follower(
         read_timeout=settings.rpc_timeout_seconds,
         state_store=stores.follower_state,
     )
-    refresh = CacheRefresh(queries)
+    refresh = CacheRefresh(queries, (hub, emitter))
     follower.add_baseline_listener(refresh)
     follower.add_baseline_listener(hub)
     for listener in (refresh, hub, emitter):

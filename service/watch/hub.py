@@ -228,6 +228,16 @@ class WatchHub:
     async def watched_addresses(self, network: str) -> set[str]:
         return {address for (net, address) in self._by_address if net == network}
 
+    async def tenants_following(
+        self, network: str, addresses: Collection[str]
+    ) -> dict[str, set[str]]:
+        """The tenants with a stream open on each of ``addresses`` (``CacheRefresh``)."""
+        found: dict[str, set[str]] = {}
+        for address in addresses:
+            for subscription in self._by_address.get((network, address), ()):
+                found.setdefault(address, set()).add(subscription.tenant)
+        return found
+
     async def balances_changed(
         self, block: BlockRef, changes: Sequence[BalanceChange], snapshot: Snapshot
     ) -> None:

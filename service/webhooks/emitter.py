@@ -8,7 +8,7 @@ wallet of every tenant subscribed to ``balance.updated``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from service.domain import BalanceChange, BlockRef, Snapshot, Wallet
@@ -45,6 +45,16 @@ class WebhookEmitter:
     async def watched_addresses(self, network: str) -> set[str]:
         wallets = await self._store.webhook_subscribers(network, BALANCE_UPDATED)
         return {w.address for w in wallets}
+
+    async def tenants_following(
+        self, network: str, addresses: Collection[str]
+    ) -> dict[str, set[str]]:
+        """The tenants with a webhook subscription over a wallet at each of ``addresses``."""
+        wallets = await self._store.webhook_subscribers(network, BALANCE_UPDATED, set(addresses))
+        found: dict[str, set[str]] = {}
+        for wallet in wallets:
+            found.setdefault(wallet.address, set()).add(wallet.tenant)
+        return found
 
     async def balances_changed(
         self, block: BlockRef, changes: Sequence[BalanceChange], snapshot: Snapshot

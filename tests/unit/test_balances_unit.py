@@ -4,7 +4,7 @@ Multicall3 codec the chain reader is built on."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from fractions import Fraction
 
@@ -17,8 +17,9 @@ from service.balances import BalanceQueries
 from service.cache import MemorySnapshotCache
 from service.chain import multicall
 from service.chain.multicall import Call, CallResult, decode_aggregate3, encode_aggregate3
-from service.domain import PegPrice, Snapshot, Token, Wallet
+from service.domain import BalanceChange, BlockRef, PegPrice, Snapshot, Token, Wallet
 from service.errors import ChainUnavailable, CustomerNotFound, WalletNotFound
+from service.watch.cache_refresh import CacheRefresh
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 READ_TIMEOUT = 7.0
@@ -187,3 +188,48 @@ def test_aggregate3_results_decode_in_order() -> None:
         CallResult(ok, data) for ok, data in results
     ]
     assert decode_aggregate3(encode(["(bool,bytes)[]"], [[]])) == []
+
+
+class Following:
+    """Who follows what, as the watch hub or webhook emitter would say."""
+
+    def __init__(self, tenants: dict[str, set[str]]) -> None:
+        self.tenants = tenants
+
+    async def tenants_following(
+        self, network: str, addresses: Collection[str]
+    ) -> dict[str, set[str]]:
+        return {a: t for a, t in self.tenants.items() if a in addresses}
+
+
+@ASYNC
+async def test_the_followers_read_refreshes_only_the_following_tenants_cache() -> None:
+    source = FakeSource()
+    balances = queries(source)
+    refresh = CacheRefresh(balances, [Following({ADDRESS: {"default"}}), Following({})])
+    newer = Snapshot("polygon", 200, 1_700_000_100, {ADDRESS: {"USDC": 7}}, {})
+    block = BlockRef("polygon", 200, "0x" + "11" * 32, 1_700_000_100)
+    change = BalanceChange("polygon", ADDRESS, "USDC", 6, 1_250_500_000, 7)
+    await refresh.balances_changed(block, [change], newer)
+
+    followed = await balances.wallet_balance("default", WALLET.wallet_id)
+    assert (followed.block_number, source.timeouts) == (200, [])  # from the follower's read
+    other = await balances.wallet_balance("other", WALLET.wallet_id)
+    assert (other.block_number, len(source.timeouts)) == (100, 1)  # its own upstream read
+
+
+@ASYNC
+async def test_two_tenants_never_share_a_cached_or_in_flight_read() -> None:
+    source = FakeSource()
+    source.gate.clear()
+    balances = queries(source)
+    both = asyncio.gather(
+        balances.wallet_balance("default", WALLET.wallet_id),
+        balances.wallet_balance("other", WALLET.wallet_id),
+    )
+    await asyncio.sleep(0)
+    source.gate.set()
+    await both
+    assert len(source.timeouts) == 2
+    await balances.wallet_balance("other", WALLET.wallet_id)
+    assert len(source.timeouts) == 2  # each tenant's own cache serves it again

@@ -72,3 +72,40 @@ def test_filter_redacts_message_arguments_and_traceback_on_a_real_handler() -> N
     assert "Traceback (most recent call last)" in out
     assert "RuntimeError: boom https://rpc.example/***" in out
     assert "KEY" not in out and "user:pw" not in out and "x=1" not in out
+
+
+class SecretHolder:
+    """An object whose text holds a secret, as an exception or a client object might."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"<client for {self.url}>"
+
+
+def test_filter_redacts_extra_fields_stack_and_exception_arguments() -> None:
+    secret = "https://rpc.example/v3/EXTRA-KEY"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    # A formatter that writes every field, as a JSON formatter would.
+    handler.setFormatter(logging.Formatter("%(message)s | %(target)s | %(client)s | %(attempt)d"))
+    handler.addFilter(RedactingFilter(Redactor([secret])))
+    logger = logging.getLogger("tests.redaction.extra")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        error = ValueError("bad answer", secret)  # an exception argument, not its message
+        logger.warning(
+            "read failed: %s",
+            error,
+            extra={"target": secret, "client": SecretHolder(secret), "attempt": 3},
+            stack_info=True,
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    out = stream.getvalue()
+    assert "EXTRA-KEY" not in out
+    assert "https://rpc.example/***" in out
+    assert "<client for https://rpc.example/***> | 3" in out  # numbers keep their type
