@@ -79,6 +79,9 @@ class BackgroundLoop:
             except Exception:
                 log.exception("%s: step failed; retrying", self.name)
                 wait = None
+            # A library may swallow a cancellation (3.11's wait_for): honour it anyway.
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError
             await self._sleep(self._interval if wait is None else wait)
 
     async def _sleep(self, seconds: float) -> None:

@@ -11,6 +11,17 @@ never be served (or kept waiting on) a read another tenant caused, so neither
 the block number of an answer nor its latency says whether someone else asked
 for the same address.  The price is one upstream read per tenant asking, not
 one per address (see SECURITY.md).
+
+Stale-if-error: when a read fails with ``ChainUnavailable`` (every provider
+failed), the last good snapshot *of the same key* (same tenant, same addresses)
+is served instead, marked stale, if it was read at most the network's
+``max_stale_seconds`` ago (0: never).  The last good snapshot of each key is
+kept beyond the cache's TTL, in a bounded LRU (``last_good_entries`` keys per
+process), and only ever replaced by one at the same or a higher block, so a
+stale answer is never older than an answer already given for its key.  When a
+caller has a deadline and a stale answer is at hand, the read gets a little
+less than the caller's time (a tenth, at most 0.1 s) so that the fallback can
+still be answered in time.
 """
 
 from __future__ import annotations
@@ -18,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from service.domain import (
     CustomerBalances,
@@ -39,6 +53,15 @@ __all__ = ["BalanceQueries"]
 
 log = logging.getLogger(__name__)
 
+_STALE_RESERVE = 0.1  # seconds of a caller's deadline kept for answering from the last good read
+LAST_GOOD_ENTRIES = 10_000  # snapshots kept for stale-if-error, per process
+
+
+@dataclass(frozen=True)
+class _LastGood:
+    snapshot: Snapshot
+    read_at: float  # the clock's reading when it was read
+
 
 class BalanceQueries:
     """Answers balance questions for one tenant at a time."""
@@ -53,7 +76,12 @@ class BalanceQueries:
         base_currency: str,
         minor_unit_digits: int,
         read_timeout: float,
+        max_stale: Mapping[str, float] | None = None,
+        last_good_entries: int = LAST_GOOD_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_stale``: seconds per network a last good read may be served when every
+        provider fails (a network not named, or 0: never); ``clock`` counts seconds."""
         self._directory = directory
         self._sources = sources
         self._tokens = tokens
@@ -62,15 +90,19 @@ class BalanceQueries:
         self._minor_unit_digits = minor_unit_digits
         self._read_timeout = read_timeout
         self._inflight: dict[str, asyncio.Task[Snapshot]] = {}
+        self._max_stale = dict(max_stale or {})
+        self._last_good: OrderedDict[str, _LastGood] = OrderedDict()
+        self._last_good_entries = last_good_entries
+        self._clock = clock
 
     async def wallet_balance(
         self, tenant: str, wallet_id: str, timeout: float | None = None
     ) -> WalletBalance:
         wallet = await self._directory.get_wallet(tenant, parse_wallet_id(wallet_id))
-        snapshot = await self._snapshot(
+        snapshot, stale = await self._snapshot(
             tenant, wallet.network, [wallet.address], with_prices=False, timeout=timeout
         )
-        return self._wallet_balance(wallet, snapshot)
+        return self._wallet_balance(wallet, snapshot, stale=stale)
 
     async def customer_balances(
         self, tenant: str, customer_id: str, timeout: float | None = None
@@ -89,7 +121,8 @@ class BalanceQueries:
                 for network in networks
             )
         )
-        by_network = dict(zip(networks, snapshots, strict=True))
+        by_network = {n: snapshot for n, (snapshot, _) in zip(networks, snapshots, strict=True)}
+        stale = {n for n, (_, is_stale) in zip(networks, snapshots, strict=True) if is_stale}
         values = []
         for network, snapshot in by_network.items():
             for token in self._tokens[network]:
@@ -103,7 +136,10 @@ class BalanceQueries:
             customer_id=customer_id,
             total=round_half_even(values, self._minor_unit_digits),
             total_currency=self._base_currency,
-            wallets=tuple(self._wallet_balance(w, by_network[w.network]) for w in wallets),
+            wallets=tuple(
+                self._wallet_balance(w, by_network[w.network], stale=w.network in stale)
+                for w in wallets
+            ),
         )
 
     async def wallet_deleted(self, wallet: Wallet) -> None:
@@ -113,9 +149,9 @@ class BalanceQueries:
         address set changes with the deletion, and so does its cache key.
         """
         for with_prices in (False, True):
-            await self._cache.delete(
-                _cache_key(wallet.tenant, wallet.network, [wallet.address], with_prices)
-            )
+            key = _cache_key(wallet.tenant, wallet.network, [wallet.address], with_prices)
+            await self._cache.delete(key)
+            self._last_good.pop(key, None)
 
     async def remember_address(self, tenant: str, snapshot: Snapshot, address: str) -> None:
         """Cache ``address``'s balances, for ``tenant``, from a read the block follower made.
@@ -137,13 +173,15 @@ class BalanceQueries:
             {address: dict(snapshot.balances[address])},
             {},
         )
-        await self._cache.set(key, single)
+        await self._store(key, single)
 
     def wallet_balance_at(self, wallet: Wallet, snapshot: Snapshot) -> WalletBalance:
         """``wallet``'s balances as held in ``snapshot`` (which must include its address)."""
         return self._wallet_balance(wallet, snapshot)
 
-    def _wallet_balance(self, wallet: Wallet, snapshot: Snapshot) -> WalletBalance:
+    def _wallet_balance(
+        self, wallet: Wallet, snapshot: Snapshot, *, stale: bool = False
+    ) -> WalletBalance:
         held = snapshot.balances[wallet.address]
         return WalletBalance(
             wallet=wallet,
@@ -153,6 +191,7 @@ class BalanceQueries:
             ),
             block_number=snapshot.block_number,
             block_timestamp=snapshot.block_timestamp,
+            stale=stale,
         )
 
     async def _snapshot(
@@ -163,7 +202,9 @@ class BalanceQueries:
         *,
         with_prices: bool,
         timeout: float | None,
-    ) -> Snapshot:
+    ) -> tuple[Snapshot, bool]:
+        """The key's snapshot and whether it is stale (the last good read, every provider
+        having failed)."""
         source = self._sources.get(network)
         if source is None:
             raise ChainUnavailable(network, "this network is not configured on the server")
@@ -172,17 +213,26 @@ class BalanceQueries:
         if task is None:
             cached = await self._cache.get(key)
             if cached is not None:
-                return cached
+                return cached, False
             task = self._inflight.get(key)  # another caller may have started it meanwhile
         if task is None:
             budget = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
+            if timeout is not None and self._servable(network, key) is not None:
+                budget = min(budget, timeout - min(_STALE_RESERVE, timeout / 10))
             task = asyncio.create_task(
                 self._read_and_store(key, source, addresses, with_prices, budget)
             )
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
-        # shield: one caller giving up (deadline, cancel) must not cancel the others' read.
-        return await asyncio.shield(task)
+        try:
+            # shield: one caller giving up (deadline, cancel) must not cancel the others' read.
+            return await asyncio.shield(task), False
+        except ChainUnavailable as exc:
+            last = self._servable(network, key)
+            if last is None:
+                raise
+            log.debug("serving the last good read of block %d: %s", last.block_number, exc)
+            return last, True
 
     async def _read_and_store(
         self,
@@ -202,8 +252,31 @@ class BalanceQueries:
         newer = await self._cache.get(key)
         if newer is not None and newer.block_number > snapshot.block_number:
             return newer
-        await self._cache.set(key, snapshot)
+        await self._store(key, snapshot)
         return snapshot
+
+    async def _store(self, key: str, snapshot: Snapshot) -> None:
+        """Cache a good read, and keep it as the key's last good read unless that is newer."""
+        await self._cache.set(key, snapshot)
+        if self._max_stale.get(snapshot.network, 0.0) <= 0:
+            return  # stale-if-error is off for this network
+        last = self._last_good.get(key)
+        if last is None or last.snapshot.block_number <= snapshot.block_number:
+            self._last_good[key] = _LastGood(snapshot, self._clock())
+        self._last_good.move_to_end(key)
+        while len(self._last_good) > self._last_good_entries:
+            self._last_good.popitem(last=False)
+
+    def _servable(self, network: str, key: str) -> Snapshot | None:
+        """The key's last good read if stale-if-error may serve it now."""
+        last = self._last_good.get(key)
+        if last is None:
+            return None
+        max_stale = self._max_stale.get(network, 0.0)
+        if max_stale <= 0 or self._clock() - last.read_at > max_stale:
+            del self._last_good[key]  # only gets older: of no further use
+            return None
+        return last.snapshot
 
     def _forget(self, key: str, task: asyncio.Task[Snapshot]) -> None:
         if self._inflight.get(key) is task:

@@ -1,8 +1,9 @@
 """``json.loads`` for untrusted text, refusing deep nesting before the C decoder sees it.
 
-py_ecc (imported by web3) raises Python's recursion limit to 100000, so the C
-JSON decoder no longer stops at a RecursionError: text nested a few hundred
-thousand levels deep overflows the C stack and kills the process.  Every JSON
+Any library that raises Python's recursion limit (py_ecc, imported by web3,
+sets 100000) makes the C JSON decoder stop failing with a RecursionError: text
+nested a few hundred thousand levels deep then overflows the C stack and kills
+the process.  The service no longer imports web3, but the guard costs little.  Every JSON
 that comes from outside (REST bodies, import files, page tokens) goes through here.
 """
 

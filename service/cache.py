@@ -14,7 +14,10 @@ class MemorySnapshotCache:
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
-        self._cache = SimpleMemoryCache()
+        # timeout=None: an in-memory operation cannot hang, and aiocache's default (5 s)
+        # wraps every call in Python 3.11's asyncio.wait_for, which can swallow a
+        # cancellation (a follower stopping at shutdown then never stops).
+        self._cache = SimpleMemoryCache(timeout=None)
 
     async def get(self, key: str) -> Snapshot | None:
         value = await self._cache.get(key)

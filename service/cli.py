@@ -18,6 +18,7 @@ from service.errors import BalancesError, ConfigError, ImportRejected, StartupEr
 from service.gateway.limits import RestLimits
 from service.logs import setup_logging
 from service.settings import CONFIG_ENV_VAR, RestSettings, Settings, load_settings
+from service.stop_signals import StoppedBySignal, StopSignals
 
 __all__ = ["main"]
 
@@ -27,7 +28,15 @@ DEFAULT_CONFIG = Path("balances.toml")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        code: int = args.run(args)
+        if args.run in (_serve, _demo):
+            # Long-running: from here to the exit SIGTERM/SIGINT stop what has been
+            # started, whatever the moment (service/stop_signals.py).
+            with StopSignals().installed() as signals:
+                code: int = args.run(args, signals)
+        else:
+            code = args.run(args)
+    except StoppedBySignal as stopped:
+        return _fail(f"stopped by {stopped.signal.name} during start-up", 128 + stopped.signal)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", 2)
     except ImportRejected as exc:
@@ -174,10 +183,13 @@ def _quiet_settings(args: argparse.Namespace) -> Settings:
     return _settings(args, log_level=os.environ.get("BALANCES_LOG_LEVEL", "WARNING"))
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     from service.run import serve
 
-    asyncio.run(serve(_settings(args)))
+    settings = _settings(args)
+    signals.run(
+        lambda: serve(settings, on_ready=lambda _ports: signals.serving(), stop=signals.stop)
+    )
     return 0
 
 
@@ -256,12 +268,17 @@ def _demo_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, signals: StopSignals) -> int:
     from service.demo import run_demo
 
-    return asyncio.run(
-        run_demo(
-            state_path=args.state, workdir=args.workdir, port=args.port, rest_port=args.rest_port
+    return signals.run(
+        lambda: run_demo(
+            state_path=args.state,
+            workdir=args.workdir,
+            port=args.port,
+            rest_port=args.rest_port,
+            stop=signals.stop,
+            on_serving=signals.serving,
         )
     )
 

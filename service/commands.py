@@ -16,6 +16,8 @@ from service.importfile import import_wallet_file
 from service.records import ApiKeyRecord
 from service.settings import Settings
 from service.store.sqlite import open_sqlite_stores
+from service.webhooks.destinations import WebhookDestinations
+from service.webhooks.http_sender import SystemResolver
 from service.webhooks.manage import WebhookManagement
 
 __all__ = [
@@ -99,7 +101,8 @@ async def replay_webhooks(settings: Settings, tenant: str | None, since: datetim
     if tenant is not None:
         parse_tenant(tenant)
     async with await open_sqlite_stores(settings.directory_path) as stores:
-        management = WebhookManagement(stores.webhooks, settings.webhooks.policy)
+        rules = WebhookDestinations(settings.webhooks.policy, SystemResolver())  # unused here
+        management = WebhookManagement(stores.webhooks, rules)
         count = await management.replay(tenant, since)
     whose = "" if tenant is None else f" of tenant {tenant}"
     return f"requeued {count} webhook events{whose} created since {shown_time(since)}"

@@ -2,7 +2,11 @@
 
 Writes what it started to a JSON state file so scripts and tests can drive it,
 prints grpcurl commands that work as printed, and on Ctrl-C/SIGTERM stops the
-server and both chains, leaving no process behind.
+server and both chains, leaving no process behind: at any moment, since every
+start is on one exit stack and ``balances demo`` turns a signal during start-up
+into a cancellation (service/stop_signals.py), and even on SIGKILL, since anvil
+dies with its parent (service/children.py).  The webhook receiver runs in this
+process.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from service.auth.keys import new_api_key
 from service.devchain.anvil import AnvilNode
@@ -39,6 +45,8 @@ from service.run import ServingPorts, serve
 from service.settings import Settings, WatchSettings, WebhookSettings
 from service.settings.render import render_settings
 from service.store.sqlite import open_sqlite_stores
+from service.webhooks.destinations import WebhookDestinations
+from service.webhooks.http_sender import SystemResolver
 from service.webhooks.manage import WebhookManagement
 
 __all__ = ["run_demo"]
@@ -46,7 +54,18 @@ __all__ = ["run_demo"]
 log = logging.getLogger(__name__)
 
 
-async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int) -> int:
+async def run_demo(
+    *,
+    state_path: Path,
+    workdir: Path,
+    port: int,
+    rest_port: int,
+    stop: asyncio.Event | None = None,
+    on_serving: Callable[[], None] | None = None,
+) -> int:
+    """Start chains, world and server; serve until ``stop``.  ``on_serving`` runs once the
+    server serves, before the instructions are printed (``balances demo``: from then a
+    signal is a graceful stop)."""
     setup_logging()
     _fresh_workdir(workdir)
     async with AsyncExitStack() as stack:
@@ -56,6 +75,9 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
             world.networks[plan.name] = await deploy_network(plan, node.url)
             log.info("chain %s (id %d) at %s", plan.name, plan.chain_id, node.url)
         await fund_wallets(world, demo_wallets())
+        receiver = DemoReceiver()  # first: its port goes into the config
+        await receiver.start()
+        stack.push_async_callback(receiver.aclose)
 
         settings = replace(
             demo_settings(
@@ -64,9 +86,9 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
                 rest_listen=f"127.0.0.1:{rest_port}",
                 directory_path=(workdir / "balances.sqlite3").absolute(),
             ),
-            # Follow blocks every second; let the demo's receiver take plain http.
+            # Follow blocks every second; the demo's receiver is a development receiver.
             watch=WatchSettings(poll_interval_seconds=1),
-            webhooks=WebhookSettings(allow_http_hosts=("127.0.0.1",)),
+            webhooks=WebhookSettings(allow_http_hosts=(urlsplit(receiver.url).netloc,)),
         )
         # For the user: `balances wallets ... --config` against the running demo.
         config_path = workdir / "balances.toml"
@@ -76,12 +98,11 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
                 comment="Written by the Balances demo; see config/example.toml for real chains.",
             )
         )
-        receiver = DemoReceiver()
-        await receiver.start()
-        stack.push_async_callback(receiver.aclose)
         tenants = await _register_tenants(world, workdir, settings, receiver)
 
         def ready(ports: ServingPorts) -> None:
+            if on_serving is not None:
+                on_serving()  # first: whoever reads the instructions may signal at once
             target = f"127.0.0.1:{ports.grpc}"
             rest = f"http://127.0.0.1:{ports.rest}"
             state = _state(world, tenants, target, rest, config_path)
@@ -89,7 +110,7 @@ async def run_demo(*, state_path: Path, workdir: Path, port: int, rest_port: int
             state_path.write_text(json.dumps(state, indent=2))
             print(_instructions(tenants, target, rest, state_path), flush=True)
 
-        await serve(settings, on_ready=ready)
+        await serve(settings, on_ready=ready, stop=stop)
     print("demo stopped: server and chains are down", flush=True)
     return 0
 
@@ -124,7 +145,8 @@ async def _register_tenants(
             key = new_api_key()
             await stores.api_keys.add_key(key.key_id, tenant, key.digest)
             tenants.append(DemoTenant(tenant, key.plaintext, wallets))
-        webhooks = WebhookManagement(stores.webhooks, settings.webhooks.policy)
+        policy = settings.webhooks.policy
+        webhooks = WebhookManagement(stores.webhooks, WebhookDestinations(policy, SystemResolver()))
         change = await webhooks.update_config("acme", receiver.url, [], rotate_secret=False)
         receiver.secret = change.config.secret
     finally:
@@ -224,12 +246,6 @@ def _instructions(tenants: list[DemoTenant], target: str, rest: str, state_path:
             "Ctrl-C stops the server and both chains.",
             "",
         ]
-    )
-
-
-if __name__ == "__main__":
-    asyncio.run(
-        run_demo(state_path=Path("demo.json"), workdir=Path(".demo"), port=50051, rest_port=8080)
     )
 
 

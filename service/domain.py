@@ -106,6 +106,9 @@ class Token:
     decimals: int
     address: str | None
     price: PriceSource
+    # What the contract's symbol() must say, when it differs from ``currency`` on purpose
+    # (a bridged "USDC.e" configured as USDC); None: it must say ``currency``.
+    onchain_symbol: str | None = None
 
     @property
     def is_native(self) -> bool:
@@ -159,12 +162,17 @@ class TokenAmount:
 
 @dataclass(frozen=True)
 class WalletBalance:
-    """What one wallet holds at one block."""
+    """What one wallet holds at one block.
+
+    ``stale``: every provider failed and this is the last good read (stale-if-error),
+    at most the network's ``max_stale_seconds`` old; the block tells its age.
+    """
 
     wallet: Wallet
     amounts: tuple[TokenAmount, ...]
     block_number: int
     block_timestamp: int
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,11 @@ class CustomerBalances:
     total: Fraction
     total_currency: str
     wallets: tuple[WalletBalance, ...]
+
+    @property
+    def stale(self) -> bool:
+        """Some network's wallets are its last good read (see ``WalletBalance.stale``)."""
+        return any(w.stale for w in self.wallets)
 
 
 @dataclass(frozen=True)
@@ -228,9 +241,11 @@ class ReadDepth:
 
 @dataclass(frozen=True)
 class WebhookPolicy:
-    """Where and how webhooks are sent: plain http only to ``allow_http_hosts``; each send
-    waits ``timeout_seconds``; retry ``n`` follows ``retry_schedule_seconds[n - 1]``."""
+    """Where and how webhooks are sent: public https receivers, plus the development
+    receivers ``allow_http_hosts`` names (``host:port`` entries, plain http allowed, exempt
+    from the address rules); each send waits ``timeout_seconds``; retry ``n`` follows
+    ``retry_schedule_seconds[n - 1]``."""
 
-    allow_http_hosts: tuple[str, ...]
+    allow_http_hosts: tuple[str, ...]  # "127.0.0.1:8099", "[::1]:8099", "localhost:8099"
     timeout_seconds: float
     retry_schedule_seconds: tuple[float, ...]

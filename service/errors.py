@@ -2,11 +2,13 @@
 
     BalancesError                 expected, carries a message safe to show a caller
     ├── InvalidArgument           the caller sent something malformed (an ID, an address)
+    │   └── UndecodableRequest    the request's bytes are not a message of its type
     ├── NotFound                  nothing by that ID for this caller
     │   ├── WalletNotFound
     │   └── CustomerNotFound
     ├── AlreadyExists             the thing exists and belongs to someone else of this tenant
     ├── Unauthenticated           no API key, or not a valid one (never says which)
+    ├── RateLimited               an API key is over a rate limit or concurrency quota
     ├── ChainUnavailable          a network or one of its tokens/feeds could not be read
     └── PriceUnavailable          a price needed for a total is missing or too old
     StartupError                  a command or the server cannot start (one line in the CLI)
@@ -36,11 +38,13 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PriceUnavailable",
+    "RateLimited",
     "SchemaTooNew",
     "StartupError",
     "TemplateError",
     "TooDeep",
     "Unauthenticated",
+    "UndecodableRequest",
     "WalletNotFound",
 ]
 
@@ -51,6 +55,14 @@ class BalancesError(Exception):
 
 class InvalidArgument(BalancesError):
     """The request is malformed; retrying it unchanged cannot succeed."""
+
+
+class UndecodableRequest(InvalidArgument):
+    """The request's bytes do not decode as the RPC's request type: one fixed message,
+    so nothing about the parser (a class name, an offset) reaches the caller."""
+
+    def __init__(self) -> None:
+        super().__init__("request message could not be decoded")
 
 
 class NotFound(BalancesError):
@@ -78,6 +90,14 @@ class Unauthenticated(BalancesError):
 
     def __init__(self) -> None:
         super().__init__("missing or invalid API key")
+
+
+class RateLimited(BalancesError):
+    """An API key is over its rate limit or a concurrency quota; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ChainUnavailable(BalancesError):

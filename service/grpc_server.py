@@ -12,6 +12,7 @@ from balances.v1 import balances_pb2_grpc, wallets_pb2_grpc, webhooks_pb2_grpc
 from service.api.auth_interceptor import AuthInterceptor
 from service.api.balances_servicer import BalancesServicer
 from service.api.interceptors import ErrorInterceptor
+from service.api.network_health import NetworkHealthReporter
 from service.api.services import API_SERVICES
 from service.api.wallets_servicer import WalletsServicer
 from service.api.webhooks_servicer import WebhooksServicer
@@ -40,8 +41,18 @@ def create_server(
     # grpcio turns SO_REUSEPORT on by default: a second server on a taken port would
     # silently share it instead of failing.
     server = aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(service.authenticator)],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[ErrorInterceptor(), AuthInterceptor(service.authenticator, service.quotas)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            # Hostile or vanished clients: a connection must finish its handshake in 10 s
+            # (default 120 s), one with no call is closed after 2 min idle (clients reconnect
+            # transparently), and a silent peer under a long call (a watch) is found within
+            # 80 s by pings. Client pings stay limited by grpc's defaults (5 min, 2 strikes).
+            ("grpc.server_handshake_timeout_ms", 10_000),
+            ("grpc.max_connection_idle_ms", 120_000),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ],
     )
     balances_pb2_grpc.add_BalancesServiceServicer_to_server(
         BalancesServicer(service.queries, service.settings.minor_unit_digits, service.watches),
@@ -53,6 +64,7 @@ def create_server(
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    service.network_health.add_listener(NetworkHealthReporter(health))  # balances.v1.network.*
     reflection.enable_server_reflection(
         (
             *(descriptor.full_name for descriptor in API_SERVICES),

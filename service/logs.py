@@ -36,5 +36,3 @@ def setup_logging(secret_urls: Iterable[str] = (), level: str | None = None) -> 
         handlers=[_ServiceHandler(secret_urls)],
         force=True,
     )
-    # web3 logs every request URL at DEBUG; the filter redacts it, but it is noise too.
-    logging.getLogger("web3").setLevel(logging.WARNING)

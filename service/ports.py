@@ -9,6 +9,7 @@ WebhookStore         webhook configs per tenant and the durable outbox
 WebhookOutbox        the outbox as the delivery worker uses it (a part of WebhookStore)
 FollowerStateStore   each block follower's last read, across restarts
 WebhookSender        sends one signed webhook request
+HostResolver         a host name's addresses (webhook destinations are vetted by address)
 ChangeListener, BaselineListener, WatchedSource   what block followers talk to
 Clock                the current time (UTC)
 """
@@ -37,6 +38,7 @@ __all__ = [
     "ChangeListener",
     "Clock",
     "FollowerStateStore",
+    "HostResolver",
     "SnapshotCache",
     "SnapshotSource",
     "WalletDirectory",
@@ -296,4 +298,13 @@ class WebhookSender(Protocol):
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> str | None:
         """None when the receiver answered 2xx, else a short reason naming no URL."""
+        ...
+
+
+class HostResolver(Protocol):
+    """Looks up host names (``service.webhooks.http_sender.SystemResolver``)."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Every address ``host`` has (an absolute name when it ends in ``.``), as
+        ``ipaddress`` parses them; raises ``OSError`` when the lookup fails."""
         ...

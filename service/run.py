@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -40,13 +39,14 @@ async def serve(
     on_ready: Callable[[ServingPorts], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``): then NOT_SERVING, drain, close."""
+    """Serve until ``stop`` is set: then NOT_SERVING, drain, close.
+
+    The signals are the caller's: ``balances serve`` sets ``stop`` on SIGTERM/SIGINT
+    once ``on_ready`` has run, and cancels this task on one before
+    (service/stop_signals.py); the exit stack then stops what was started.
+    """
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as exits:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-            exits.callback(loop.remove_signal_handler, sig)
         service = await exits.enter_async_context(open_service(settings))
         # The REST gateway's own way in, independent of the public port's TLS/mTLS.
         private_socket = PrivateSocket() if settings.rest is not None else None
@@ -71,9 +71,11 @@ async def serve(
                 ),
             )
             exits.push_async_callback(gateway.aclose)
+        service.listening_on(port, gateway.port if gateway else None)  # before any webhook
         await service.start()
         for name in ("", *(s.full_name for s in API_SERVICES)):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await service.network_health.publish()  # each network, and "" unless none is readable
         log.info("serving gRPC on port %d%s", port, _tls_note(settings.tls))
         if on_ready is not None:
             on_ready(ServingPorts(port, gateway.port if gateway else None))

@@ -19,9 +19,12 @@ from service.auth.authenticator import Authenticator
 from service.balances import BalanceQueries
 from service.cache import MemorySnapshotCache
 from service.chain.new_heads import NewHeadsSubscription
+from service.chain.providers import ProviderPool
 from service.chain.reader import ChainReader
-from service.chain.rpc import RpcClient
 from service.domain import Wallet
+from service.network_health import NetworkHealth
+from service.ports import SnapshotSource
+from service.quotas import CallQuotas, MemoryCallQuotas
 from service.registry import WalletRegistry
 from service.settings import NetworkSettings, Settings
 from service.store.sqlite import SqliteStores, open_sqlite_stores
@@ -30,8 +33,9 @@ from service.watch.follower import BlockFollower
 from service.watch.hub import WatchHub
 from service.watch.watches import BalanceWatches
 from service.webhooks.delivery import WebhookDelivery
+from service.webhooks.destinations import WebhookDestinations
 from service.webhooks.emitter import WebhookEmitter
-from service.webhooks.http_sender import HttpWebhookSender
+from service.webhooks.http_sender import HttpWebhookSender, SystemResolver
 from service.webhooks.manage import WebhookManagement
 
 __all__ = ["Service", "open_service"]
@@ -49,6 +53,7 @@ class Service:
     queries: BalanceQueries
     registry: WalletRegistry
     authenticator: Authenticator
+    quotas: CallQuotas  # rate limits and concurrency quotas per API key (in memory)
     hub: WatchHub  # watch subscriptions; a listener and watched source of every follower
     watches: BalanceWatches  # the watch use cases behind the streaming RPCs
     followers: Mapping[str, BlockFollower]  # one per network
@@ -56,9 +61,12 @@ class Service:
     webhook_emitter: WebhookEmitter  # block changes -> outbox
     webhook_delivery: WebhookDelivery  # outbox -> receivers
     webhook_management: WebhookManagement  # the config and replay use cases
+    webhook_destinations: WebhookDestinations  # where webhooks may go (no SSRF)
+    network_health: NetworkHealth  # each network readable or not, from every read's outcome
 
     async def start(self) -> None:
         """Start the background work; ``open_service`` already registered each stop."""
+        self.network_health.start()
         self.start_watching()
         await self.webhook_delivery.start()
 
@@ -68,6 +76,10 @@ class Service:
             follower.start()
         for subscription in self.new_heads:
             subscription.start()
+
+    def listening_on(self, *ports: int | None) -> None:
+        """The ports just bound: webhook development receivers may never be one of them."""
+        self.webhook_destinations.serving_on(p for p in ports if p is not None)
 
     def stop_watches(self) -> None:
         """End every open watch stream normally (shutdown starts); new ones end at once."""
@@ -80,9 +92,14 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
     async with AsyncExitStack() as exits:
         readers: dict[str, ChainReader] = {}
         for network in settings.networks:
-            client = RpcClient(network.name, network.rpc_urls, settings.rpc_timeout_seconds)
-            exits.push_async_callback(client.aclose)
-            readers[network.name] = ChainReader(network, client)
+            pool = ProviderPool(
+                network.name,
+                network.rpc_urls,
+                network.provider_policy(settings.rpc_timeout_seconds),
+                chain_id=network.chain_id,
+            )
+            exits.push_async_callback(pool.aclose)
+            readers[network.name] = ChainReader(network, pool, settings.rpc_timeout_seconds)
         await _prepare_all(list(readers.values()))
         for name, reader in readers.items():
             if not reader.uses_multicall:
@@ -91,14 +108,27 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         exits.push_async_callback(stores.aclose)
         cache = MemorySnapshotCache(settings.cache_ttl_seconds)
         exits.push_async_callback(cache.aclose)
+        max_stale = {n.name: n.max_stale_seconds for n in settings.networks}
+        health = NetworkHealth(
+            readers,
+            max_stale,
+            probe_interval=settings.watch.poll_interval_seconds,
+            read_timeout=settings.rpc_timeout_seconds,
+        )
+        exits.push_async_callback(health.aclose)
+        # Every read of the queries and the followers tells the health of its network.
+        observed: dict[str, SnapshotSource] = {
+            name: health.observed(name, reader) for name, reader in readers.items()
+        }
         queries = BalanceQueries(
             stores.wallets,
-            readers,
+            observed,
             {n.name: n.tokens for n in settings.networks},
             cache,
             base_currency=settings.base_currency,
             minor_unit_digits=settings.minor_unit_digits,
             read_timeout=settings.rpc_timeout_seconds,
+            max_stale=max_stale,
         )
         hub = WatchHub(queries.wallet_balance_at, stores.wallets.get_wallet)
         exits.callback(hub.close)
@@ -107,13 +137,16 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             await queries.wallet_deleted(wallet)
             await hub.address_released(wallet.network, wallet.address)  # ends its watches
 
-        sender = HttpWebhookSender(settings.webhooks.policy)
+        destinations = WebhookDestinations(settings.webhooks.policy, SystemResolver())
+        sender = HttpWebhookSender(settings.webhooks.policy, destinations)
         exits.push_async_callback(sender.aclose)  # after delivery has stopped using it
-        delivery = WebhookDelivery(stores.webhooks, sender, settings.webhooks.policy)
+        delivery = WebhookDelivery(
+            stores.webhooks, sender, settings.webhooks.policy, destinations=destinations
+        )
         exits.push_async_callback(delivery.aclose)
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         followers = {
-            n.name: _follower(settings, n, readers[n.name], queries, hub, stores, emitter)
+            n.name: _follower(settings, n, observed[n.name], queries, hub, stores, emitter)
             for n in settings.networks
         }
         new_heads = tuple(
@@ -135,6 +168,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                 stores.wallets, [n.name for n in settings.networks], wallet_deleted
             ),
             authenticator=Authenticator(stores.api_keys),
+            quotas=MemoryCallQuotas(settings.limits.policy),
             hub=hub,
             watches=BalanceWatches(stores.wallets, queries, hub),
             followers=followers,
@@ -142,15 +176,17 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             webhook_emitter=emitter,
             webhook_delivery=delivery,
             webhook_management=WebhookManagement(
-                stores.webhooks, settings.webhooks.policy, wake_delivery=delivery.wake
+                stores.webhooks, destinations, wake_delivery=delivery.wake
             ),
+            webhook_destinations=destinations,
+            network_health=health,
         )
 
 
 def _follower(
     settings: Settings,
     network: NetworkSettings,
-    reader: ChainReader,
+    reader: SnapshotSource,
     queries: BalanceQueries,
     hub: WatchHub,
     stores: SqliteStores,

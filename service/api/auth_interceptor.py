@@ -1,21 +1,34 @@
-"""Server interceptor: every RPC but health and reflection needs an API key.
+"""Server interceptor: every RPC but health and reflection needs an API key, within its limits.
 
 The key arrives as ``x-api-key`` metadata (REST: the ``X-API-Key`` header,
 forwarded by the gateway).  The tenant it belongs to is put in a context
 variable for the servicers; the key itself is never logged.
+
+Right after authentication the call is admitted by its key's quotas
+(``service.quotas``): unary calls take a rate-limit token and an in-flight
+place, watch streams a token and a stream place, given back when the call
+ends however it ends.  A call over a limit may wait a moment for room; a
+refusal is ``RESOURCE_EXHAUSTED`` with a ``google.rpc.RetryInfo`` in the
+status details.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
 
 from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
+from service.api.retry_info import retry_info_trailer
+from service.api.status import status_for
 from service.api.tenancy import current_tenant
 from service.auth.authenticator import Authenticator
+from service.auth.keys import key_id_of
+from service.errors import RateLimited
+from service.quotas import CallKind, CallQuotas
 
 __all__ = ["AuthInterceptor"]
 
@@ -31,8 +44,20 @@ def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, quotas: CallQuotas) -> None:
         self._authenticator = authenticator
+        self._quotas = quotas
+
+    async def _admission(
+        self, context: aio.ServicerContext[Any, Any], kind: CallKind
+    ) -> AbstractAsyncContextManager[None]:
+        """Authenticate (the tenant is set for the servicers) and ask the key's quotas."""
+        presented = _api_key(context)
+        tenant = await self._authenticator.tenant_of(presented)
+        current_tenant.set(tenant)
+        key_id = key_id_of(presented or "")
+        assert key_id is not None, "an authenticated key has a key id"
+        return self._quotas.admit(tenant, key_id, kind, time_left=context.time_remaining())
 
     async def intercept_service(
         self,
@@ -44,13 +69,17 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
-        authenticate = self._authenticator.tenant_of
+        admission = self._admission
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def unary_guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                current_tenant.set(await authenticate(_api_key(context)))
-                return await unary(request, context)  # type: ignore[arg-type]
+                admitted = await admission(context, CallKind.UNARY)
+                try:
+                    async with admitted:
+                        return await unary(request, context)  # type: ignore[arg-type]
+                except RateLimited as refused:
+                    await _refuse(context, refused)
 
             return with_unary_behaviour(handler, unary_guarded)
         if handler.unary_stream is not None:
@@ -59,9 +88,29 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             async def stream_guarded(
                 request: Any, context: aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                current_tenant.set(await authenticate(_api_key(context)))
-                async for item in stream(request, context):  # type: ignore[arg-type, attr-defined]
-                    yield item
+                admitted = await admission(context, CallKind.STREAM)
+                try:
+                    async with admitted:
+                        async for item in stream(request, context):  # type: ignore[arg-type, attr-defined]
+                            yield item
+                except RateLimited as refused:
+                    await _refuse(context, refused)
 
             return with_unary_stream_behaviour(handler, stream_guarded)
         raise RuntimeError(f"{handler_call_details.method}: no authentication for this kind")
+
+
+async def _refuse(context: aio.ServicerContext[Any, Any], refused: RateLimited) -> NoReturn:
+    """End the call as the error interceptor would, plus the RetryInfo trailer.
+
+    Aborting here (not raising to the error interceptor) also keeps refusals out
+    of the log: a client in a retry loop must not be able to flood it.
+    """
+    code = status_for(refused)
+    message = str(refused)
+    trailers = (
+        *(context.trailing_metadata() or ()),
+        retry_info_trailer(code, message, refused.retry_after),
+    )
+    await context.abort(code, message, trailers)
+    raise AssertionError("abort returned")  # pragma: no cover

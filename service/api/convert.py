@@ -1,6 +1,8 @@
-"""The one place where domain values become protobuf messages."""
+"""The one place where domain values become protobuf messages (and request timestamps datetimes)."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -8,6 +10,7 @@ from balances.v1 import balances_pb2 as pb
 from balances.v1 import wallets_pb2 as wallets_pb
 from balances.v1 import webhooks_pb2 as webhooks_pb
 from service.domain import BalanceChange, CustomerBalances, TokenAmount, Wallet, WalletBalance
+from service.errors import InvalidArgument
 from service.money import format_amount, format_fraction
 from service.records import WebhookConfig
 from service.watch.hub import WalletUpdate, WatchUpdate
@@ -16,6 +19,7 @@ from service.watch.watches import CustomerWatchUpdate
 __all__ = [
     "customer_balances_response",
     "customer_watch_response",
+    "datetime_from_timestamp",
     "wallet_balance_response",
     "wallet_message",
     "wallet_watch_response",
@@ -30,6 +34,7 @@ def wallet_balance_response(balance: WalletBalance) -> pb.GetWalletBalanceRespon
         balances=[_token_balance(a) for a in balance.amounts],
         last_updated=Timestamp(seconds=balance.block_timestamp),
         block_number=balance.block_number,
+        stale=_stale(balance),
     )
 
 
@@ -50,6 +55,7 @@ def customer_balances_response(
                 balances=[_token_balance(a) for a in w.amounts],
                 last_updated=Timestamp(seconds=w.block_timestamp),
                 block_number=w.block_number,
+                stale=_stale(w),
             )
             for w in balances.wallets
         ],
@@ -69,6 +75,7 @@ def wallet_watch_response(update: WatchUpdate) -> pb.WatchWalletBalanceResponse:
         changes=[_change(c) for c in wallet.changes],
         coalesced_updates=update.coalesced_updates,
         initial=update.initial,
+        stale=_stale(balance),
     )
 
 
@@ -102,7 +109,13 @@ def _watched_wallet(update: WalletUpdate) -> pb.WatchedWallet:
         block_number=balance.block_number,
         block_hash=update.block_hash,
         changes=[_change(c) for c in update.changes],
+        stale=_stale(balance),
     )
+
+
+def _stale(balance: WalletBalance) -> bool | None:
+    """``stale`` has presence: set only when true, so a fresh read's JSON has no such key."""
+    return True if balance.stale else None
 
 
 def _change(change: BalanceChange) -> pb.BalanceChange:
@@ -145,3 +158,17 @@ def webhook_config_message(config: WebhookConfig) -> webhooks_pb.WebhookConfig:
         create_time=create_time,
         update_time=update_time,
     )
+
+
+def datetime_from_timestamp(timestamp: Timestamp, field: str) -> datetime:
+    """A request's Timestamp as an aware UTC datetime; INVALID_ARGUMENT when out of range.
+
+    The wire carries any int64 seconds and int32 nanos; only years 1 to 9999 and
+    nanos below one second are a time (protobuf raises ValueError on the rest).
+    """
+    try:
+        return timestamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (years 0001 to 9999, nanos 0 to 999999999)"
+        ) from None

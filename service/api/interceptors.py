@@ -5,26 +5,42 @@ grpc.aio's default for an unhandled exception is ``UNKNOWN: Unexpected <type>:
 its provider key, say).  Here an expected ``BalancesError`` becomes its mapped
 code with its safe message; anything else becomes INTERNAL with only a request
 ID, and the full error is logged (through the redacting log filter).
+
+Request bytes that do not decode are the caller's error too.  grpc.aio runs the
+handler's ``request_deserializer`` before any behaviour (so before any
+interceptor's wrapper could catch it) and answers a failure with ``UNKNOWN:
+Unexpected <class 'DecodeError'>`` plus a logged traceback.  So the handler
+returned here deserializes with a wrapper that never raises (a failure becomes
+the ``_UNDECODABLE`` sentinel), and its behaviour turns the sentinel into
+``UndecodableRequest`` (INVALID_ARGUMENT, fixed message) before calling the
+inner behaviour: before authentication and before any work.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
+from service.api.handlers import (
+    Deserializer,
+    with_stream_stream_behaviour,
+    with_unary_behaviour,
+    with_unary_stream_behaviour,
+)
 from service.api.status import status_for
-from service.errors import BalancesError
+from service.errors import BalancesError, UndecodableRequest
 from service.request_ids import accept_request_id
 
 __all__ = ["ErrorInterceptor", "request_id_of"]
 
 log = logging.getLogger(__name__)
+
+_UNDECODABLE: Any = object()  # what the tolerant deserializer returns for bytes it cannot decode
 
 
 def request_id_of(context: aio.ServicerContext[Any, Any]) -> str:
@@ -36,10 +52,12 @@ def request_id_of(context: aio.ServicerContext[Any, Any]) -> str:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps every unary-unary and unary-stream handler.
+    """Wraps every unary-unary, unary-stream and async-generator stream-stream handler.
 
     A stream that fails, before its first message or after some, ends with
-    the same status a unary call would get for that error.
+    the same status a unary call would get for that error.  Other kinds
+    (stream-unary, or stream-stream that is not an async generator: the server
+    has none) are passed on as they are.
     """
 
     async def intercept_service(
@@ -53,17 +71,18 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             behaviour = handler.unary_unary
 
             async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
                 request_id = _start(context)
                 try:
-                    return await behaviour(request, context)  # type: ignore[arg-type]
+                    return await behaviour(_decoded(request), context)  # type: ignore[arg-type]
                 except Exception as exc:
                     await _abort(exc, context, method, request_id)
 
-            return with_unary_behaviour(handler, guarded)
+            return with_unary_behaviour(handler, guarded, request_deserializer=deserializer)
         if handler.unary_stream is not None and not inspect.isasyncgenfunction(
             handler.unary_stream
         ):
@@ -73,11 +92,13 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             async def writer_guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
                 request_id = _start(context)
                 try:
-                    await writer(request, context)  # type: ignore[arg-type, misc]
+                    await writer(_decoded(request), context)  # type: ignore[arg-type, misc]
                 except Exception as exc:
                     await _abort(exc, context, method, request_id)
 
-            return with_unary_stream_behaviour(handler, writer_guarded)
+            return with_unary_stream_behaviour(
+                handler, writer_guarded, request_deserializer=deserializer
+            )
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
@@ -86,13 +107,63 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             ) -> AsyncIterator[Any]:
                 request_id = _start(context)
                 try:
-                    async for item in stream(request, context):  # type: ignore[arg-type]
+                    async for item in stream(_decoded(request), context):  # type: ignore[arg-type]
                         yield item
                 except Exception as exc:
                     await _abort(exc, context, method, request_id)
 
-            return with_unary_stream_behaviour(handler, stream_guarded)
+            return with_unary_stream_behaviour(
+                handler, stream_guarded, request_deserializer=deserializer
+            )
+        if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+            # Reflection.  Its requests are decoded one by one as it iterates them.
+            bidi = handler.stream_stream
+
+            async def bidi_guarded(
+                requests: AsyncIterable[Any], context: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                request_id = _start(context)
+                try:
+                    async for item in bidi(_each_decoded(requests), context):  # type: ignore[arg-type]
+                        yield item
+                except Exception as exc:
+                    await _abort(exc, context, method, request_id)
+
+            return with_stream_stream_behaviour(
+                handler, bidi_guarded, request_deserializer=deserializer
+            )
         return handler
+
+
+def _tolerant(deserializer: Deserializer) -> Deserializer:
+    """``deserializer``, returning ``_UNDECODABLE`` where it would raise.
+
+    Any exception counts (DecodeError, and whatever else a parser raises on
+    hostile bytes): the deserializer sees nothing but the caller's bytes.
+    None stays None: grpc then passes raw bytes, which cannot fail to decode.
+    """
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if request is _UNDECODABLE:
+        raise UndecodableRequest()
+    return request
+
+
+async def _each_decoded(requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
 
 
 def _start(context: aio.ServicerContext[Any, Any]) -> str:
@@ -108,10 +179,23 @@ async def _abort(
     if isinstance(exc, aio.AbortError):
         raise exc
     if isinstance(exc, BalancesError):
-        log.info("%s [%s] %s: %s", method, request_id, type(exc).__name__, exc)
+        # Undecodable bytes are refused before authentication: anyone can send them at
+        # will, so they log at DEBUG, not one INFO line per request.
+        level = logging.DEBUG if isinstance(exc, UndecodableRequest) else logging.INFO
+        log.log(level, "%s [%s] %s: %s", method, request_id, type(exc).__name__, exc)
         remaining = context.time_remaining()
-        code = status_for(exc, deadline_passed=remaining is not None and remaining <= 0)
+        # Reads stop at the caller's deadline, a hair before grpc notices it: within this
+        # margin the deadline is what ended the read.
+        code = status_for(exc, deadline_passed=remaining is not None and remaining <= 0.05)
         await context.abort(code, str(exc), (("x-request-id", request_id),))
+    if isinstance(exc, NotImplementedError) and context.code() == grpc.StatusCode.UNIMPLEMENTED:
+        # A generated servicer base's method nobody overrode (health's List, say): it
+        # sets UNIMPLEMENTED, then raises.  Not a bug of ours, and not INTERNAL; as health
+        # needs no key, DEBUG.
+        log.debug("%s [%s] is not implemented", method, request_id)
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "method not implemented", (("x-request-id", request_id),)
+        )
     log.exception("%s [%s] failed unexpectedly", method, request_id, exc_info=exc)
     await context.abort(
         grpc.StatusCode.INTERNAL,

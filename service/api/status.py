@@ -11,6 +11,7 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     PriceUnavailable,
+    RateLimited,
     Unauthenticated,
 )
 
@@ -21,6 +22,7 @@ _CODES: tuple[tuple[type[BalancesError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ChainUnavailable, grpc.StatusCode.UNAVAILABLE),
     (PriceUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

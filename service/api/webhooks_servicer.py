@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 from grpc import aio
 
 from balances.v1 import webhooks_pb2 as pb
 from balances.v1 import webhooks_pb2_grpc
-from service.api.convert import webhook_config_message
+from service.api.convert import datetime_from_timestamp, webhook_config_message
 from service.api.tenancy import caller_tenant
 from service.errors import InvalidArgument
 from service.webhooks.manage import WebhookManagement
@@ -46,6 +45,6 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServiceServicer):
     ) -> pb.ReplayWebhookEventsResponse:
         if not request.HasField("since"):
             raise InvalidArgument("since is required (e.g. 2024-01-15T10:30:00Z)")
-        since = request.since.ToDatetime(tzinfo=UTC)
+        since = datetime_from_timestamp(request.since, "since")
         count = await self._management.replay(caller_tenant(), since)
         return pb.ReplayWebhookEventsResponse(requeued_count=min(count, 2**31 - 1))

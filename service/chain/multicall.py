@@ -19,10 +19,13 @@ __all__ = [
     "GET_CURRENT_BLOCK_TIMESTAMP",
     "GET_ETH_BALANCE",
     "LATEST_ROUND_DATA",
+    "SYMBOL",
     "Call",
     "CallResult",
     "address_arg",
     "decode_aggregate3",
+    "decode_symbol",
+    "decode_uint",
     "encode_aggregate3",
 ]
 
@@ -34,6 +37,9 @@ GET_BLOCK_NUMBER = bytes.fromhex("42cbb15c")  # getBlockNumber()
 GET_CURRENT_BLOCK_TIMESTAMP = bytes.fromhex("0f28c97d")  # getCurrentBlockTimestamp()
 LATEST_ROUND_DATA = bytes.fromhex("feaf968c")  # latestRoundData()
 DECIMALS = bytes.fromhex("313ce567")  # decimals()
+SYMBOL = bytes.fromhex("95d89b41")  # symbol()
+
+_MAX_SYMBOL_CHARS = 64  # longer is not a label anyone configured
 
 
 @dataclass(frozen=True)
@@ -70,3 +76,31 @@ def decode_aggregate3(data: bytes) -> list[CallResult]:
     """Results of ``aggregate3``, in call order."""
     (results,) = decode(["(bool,bytes)[]"], data)
     return [CallResult(bool(ok), bytes(out)) for ok, out in results]
+
+
+def decode_uint(data: bytes) -> int | None:
+    """The first word of a call's answer as an unsigned integer; None if there is none."""
+    if len(data) < 32:
+        return None
+    return int.from_bytes(data[:32], "big")
+
+
+def decode_symbol(data: bytes) -> str | None:
+    """What ``symbol()`` answered: an ABI ``string`` (most tokens) or a ``bytes32`` padded
+    with zeros (old tokens such as MKR); None when it is neither (absent, reverted, junk)."""
+    text: str | None = None
+    if len(data) == 32:
+        raw = data.split(b"\0", 1)[0]  # bytes32: the text ends at the first zero byte
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    elif len(data) >= 64:
+        try:
+            (text,) = decode(["string"], data)
+        except Exception:  # eth_abi raises several unrelated types on bad input
+            return None
+    text = text.rstrip("\0") if text else text  # some pad their string with zeros
+    if not text or len(text) > _MAX_SYMBOL_CHARS or not text.isprintable():
+        return None
+    return text

@@ -5,17 +5,33 @@ several calls pinned to the same block above ``max_calls_per_batch``).  Where
 the Multicall3 address has no code the reader falls back to a JSON-RPC batch
 pinned to one block number.  A read that fails or comes back empty is an error
 naming the token, never a zero.
+
+A snapshot is one operation on one provider (``ProviderPool.run``): its block
+choice and every call pinned to it go to the same node.  A malformed answer
+is that provider's fault and the next one is asked.  Block numbers only move
+forward: when a provider's read block is older than one already returned for
+this network, that block is read from it instead; a provider that cannot
+(it is lagging) has a fault, and another is asked.  With ``verify_providers``
+set, other providers must vouch for the snapshot's block before it is served
+(``service.chain.cross_check``).
+
+At start (``prepare``) every configured ERC-20's ``decimals()`` and
+``symbol()`` are read in one snapshot and compared with the configuration: a
+wrong ``decimals`` would scale every amount by a power of ten, silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_abi.abi import decode
 
+from service.chain.cross_check import CrossCheck
 from service.chain.multicall import (
     BALANCE_OF,
     DECIMALS,
@@ -23,18 +39,26 @@ from service.chain.multicall import (
     GET_CURRENT_BLOCK_TIMESTAMP,
     GET_ETH_BALANCE,
     LATEST_ROUND_DATA,
+    SYMBOL,
     Call,
     CallResult,
     address_arg,
     decode_aggregate3,
+    decode_symbol,
+    decode_uint,
     encode_aggregate3,
 )
-from service.chain.rpc import RpcClient, RpcError
+from service.chain.providers import Endpoint, ProviderFault, ProviderPool, RpcError
 from service.domain import BlockHeader, FeedPrice, FeedReading, Snapshot, Token
 from service.errors import ChainUnavailable, ConfigError
 from service.settings import NetworkSettings
 
 __all__ = ["ChainReader"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_HASH = 66  # "0x" and 32 bytes in hex
 
 
 @dataclass(frozen=True)
@@ -44,32 +68,117 @@ class _Read:
     token: Token
     holder: str | None  # None for price-feed reads
     call: Call
-    what: str  # "balance", "feed answer" or "feed decimals", for error messages
+    what: str  # "balance", "feed answer", "feed decimals", "decimals" or "symbol"
 
 
 class ChainReader:
-    """Reads snapshots of one network through one RpcClient."""
+    """Reads snapshots of one network through its providers."""
 
-    def __init__(self, network: NetworkSettings, rpc: RpcClient) -> None:
+    def __init__(
+        self, network: NetworkSettings, pool: ProviderPool, default_timeout: float
+    ) -> None:
         self.network = network
-        self._rpc = rpc
+        self._pool = pool
+        self._default_timeout = default_timeout  # for reads no caller put a deadline on
         self._has_multicall = True
+        self._highest_returned = 0  # monotonic reads: never answer with an older block
+        self._cross_check = (
+            CrossCheck(pool, network.verify_providers, _block_hash)
+            if network.verify_providers >= 2
+            else None
+        )
 
     @property
     def uses_multicall(self) -> bool:
         return self._has_multicall
 
+    @property
+    def providers(self) -> ProviderPool:
+        """The network's providers (``hedges`` and ``disagreements`` count what they did)."""
+        return self._pool
+
     async def prepare(self) -> None:
-        """Start-up checks: the node serves the configured chain; Multicall3 has code."""
-        reported = int(await self._request("eth_chainId", []), 16)
-        if reported != self.network.chain_id:
+        """Start-up checks: every provider that answers serves the configured chain;
+        Multicall3 has code; each token's decimals and symbol are the configured ones."""
+        await self._pool.check_chains(timeout=self._default_timeout)
+        for position, reported in sorted(self._pool.wrong_chain.items()):
             raise ConfigError(
-                f"networks.{self.network.name}.chain_id",
+                f"networks.{self.network.name}.rpc_urls[{position}]",
                 f"the node reports chain id {reported}, the configuration says "
                 f"{self.network.chain_id}; refusing to read the wrong chain",
             )
-        code = await self._request("eth_getCode", [self.network.multicall3, "latest"])
-        self._has_multicall = code not in ("0x", "", None)
+
+        async def code(endpoint: Endpoint) -> bytes:
+            return _data(
+                await endpoint.request("eth_getCode", [self.network.multicall3, "latest"]),
+                "eth_getCode result",
+            )
+
+        self._has_multicall = bool(await self._run(code, self._default_timeout))
+        await self._check_tokens()
+
+    async def _check_tokens(self) -> None:
+        """``decimals()`` and ``symbol()`` of every ERC-20, read in one snapshot, against
+        the configuration: a mismatch refuses to start (``ConfigError``).  A token
+        whose ``decimals()`` cannot be read (no contract yet, say) is logged and left
+        to fail its reads by name; a ``symbol()`` that is absent or neither a string nor
+        a bytes32 is not checked.  The native coin has neither."""
+        reads = [
+            _Read(token, None, Call(token.address, selector), what)
+            for token in self.network.tokens
+            if token.address is not None
+            for selector, what in ((DECIMALS, "decimals"), (SYMBOL, "symbol"))
+        ]
+        if not reads:
+            return
+
+        async def read(endpoint: Endpoint) -> list[CallResult]:
+            # The head, whatever the read depth: a young chain's confirmed block may
+            # predate the tokens, and a reorg does not change a token's decimals.
+            return (await self._read_at(endpoint, reads, "latest"))[2]
+
+        results = iter(await self._run(read, self._default_timeout))
+        for i, token in enumerate(self.network.tokens):
+            if token.address is not None:  # its reads are the next two: decimals, symbol
+                self._check_token(i, token, next(results), next(results))
+
+    def _check_token(self, i: int, token: Token, decimals: CallResult, symbol: CallResult) -> None:
+        key = f"networks.{self.network.name}.tokens[{i}]"
+        said = decode_uint(decimals.data) if decimals.success else None
+        if said is None:
+            log.warning(
+                "network %s: token %s: decimals() could not be read at start "
+                "(is there a contract?); its reads will fail by name",
+                self.network.name,
+                token.currency,
+            )
+        elif said != token.decimals:
+            raise ConfigError(
+                f"{key}.decimals",
+                f"the token contract says {said}, the configuration says {token.decimals}",
+            )
+        onchain = decode_symbol(symbol.data) if symbol.success else None
+        expected = token.onchain_symbol or token.currency
+        if onchain is None:
+            if token.onchain_symbol is not None:
+                log.warning(
+                    "network %s: token %s: symbol() could not be read; onchain_symbol unchecked",
+                    self.network.name,
+                    token.currency,
+                )
+        elif onchain != expected:
+            if token.onchain_symbol is not None:
+                raise ConfigError(
+                    f"{key}.onchain_symbol",
+                    f"the token contract's symbol is {_quoted(onchain)}, "
+                    f"the configuration says {_quoted(expected)}",
+                )
+            raise ConfigError(
+                f"{key}.symbol",
+                f"the token contract's symbol is {_quoted(onchain)}, the configuration "
+                f"says {_quoted(expected)}; set onchain_symbol = {_quoted(onchain)} "
+                "if the label is intended",
+            )
 
     async def snapshot(
         self,
@@ -85,18 +194,48 @@ class ChainReader:
         or ``block_number`` when a caller (the block follower) has chosen it.
         """
         reads = self._plan(addresses, with_prices)
-        try:
-            async with asyncio.timeout(timeout):
-                block = (
-                    hex(block_number) if block_number is not None else await self._block_selector()
+
+        async def read(endpoint: Endpoint) -> Snapshot:
+            if block_number is not None:
+                number, timestamp, results = await self._read_at(endpoint, reads, hex(block_number))
+                if self._cross_check is not None:
+                    await self._cross_check.verify(endpoint, number, timeout=timeout)
+                return self._assemble(addresses, reads, results, number, timestamp)
+            block = await self._block_selector(endpoint)
+            number, timestamp, results = await self._read_at(endpoint, reads, block)
+            if number < self._highest_returned:
+                # Behind a block already served (a load balancer's other node, say): ask
+                # this provider for that block; a node that lacks it answers with a fault.
+                served = self._highest_returned
+                number, timestamp, results = await self._read_at(endpoint, reads, hex(served))
+            if self._cross_check is not None:
+                await self._cross_check.verify(endpoint, number, timeout=timeout)
+                if number < self._highest_returned:
+                    # A concurrent read served a newer block during the check: read that
+                    # one, and check it, once more.
+                    served = self._highest_returned
+                    number, timestamp, results = await self._read_at(endpoint, reads, hex(served))
+                    await self._cross_check.verify(endpoint, number, timeout=timeout)
+            if number < self._highest_returned:
+                raise ProviderFault(
+                    f"at block {number}, older than block {self._highest_returned} already served"
                 )
-                if self._has_multicall:
-                    number, timestamp, results = await self._read_multicall(reads, block)
-                else:
-                    number, timestamp, results = await self._read_batch(reads, block)
-        except TimeoutError as exc:
-            raise ChainUnavailable(self.network.name, f"timed out after {timeout:g}s") from exc
-        return self._assemble(addresses, reads, results, number, timestamp)
+            snapshot = self._assemble(addresses, reads, results, number, timestamp)
+            # Checked and raised with no await between: concurrent reads cannot interleave.
+            self._highest_returned = number
+            return snapshot
+
+        return await self._run(read, timeout)
+
+    async def _read_at(
+        self, endpoint: Endpoint, reads: list[_Read], block: str
+    ) -> tuple[int, int, list[CallResult]]:
+        """Every read of ``reads`` at ``block`` (a tag or a hex number) on one provider."""
+        read = self._read_multicall if self._has_multicall else self._read_batch
+        number, timestamp, results = await read(endpoint, reads, block)
+        if block.startswith("0x") and number != int(block, 16):
+            raise ProviderFault(f"asked for block {int(block, 16)}, answered block {number}")
+        return number, timestamp, results
 
     def _plan(self, addresses: Sequence[str], with_prices: bool) -> list[_Read]:
         reads: list[_Read] = []
@@ -116,37 +255,33 @@ class ChainReader:
         return reads
 
     async def head_number(self) -> int:
-        """The node's latest block number."""
-        return int(await self._request("eth_blockNumber", []), 16)
+        """The latest block number, from the best provider."""
+        return await self._run(self._head_number, self._default_timeout)
+
+    async def _head_number(self, endpoint: Endpoint) -> int:
+        head = _quantity(await endpoint.request("eth_blockNumber", []), "block number")
+        endpoint.note_head(head)
+        return head
 
     async def block_header(self, tag_or_number: str | int) -> BlockHeader:
         """``eth_getBlockByNumber`` without transactions, parsed; a malformed answer is
         the node's fault (``ChainUnavailable``), never a crash."""
         tag = hex(tag_or_number) if isinstance(tag_or_number, int) else tag_or_number
-        header = await self._request("eth_getBlockByNumber", [tag, False])
-        if not isinstance(header, dict):
-            raise ChainUnavailable(self.network.name, f"block {tag} is not available")
-        try:
-            return BlockHeader(
-                number=int(header["number"], 16),
-                hash=str(header["hash"]),
-                parent_hash=str(header.get("parentHash", "")),
-                timestamp=int(header["timestamp"], 16),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ChainUnavailable(
-                self.network.name, f"block {tag}: malformed header from the node"
-            ) from exc
 
-    async def _block_selector(self) -> str:
+        async def read(endpoint: Endpoint) -> BlockHeader:
+            return _header(await endpoint.request("eth_getBlockByNumber", [tag, False]), tag)
+
+        return await self._run(read, self._default_timeout)
+
+    async def _block_selector(self, endpoint: Endpoint) -> str:
         """The block tag or number every read of this snapshot is pinned to."""
         if self.network.confirmations == 0:
             return self.network.block_tag
-        head = await self.head_number()
+        head = await self._head_number(endpoint)
         return hex(max(head - self.network.confirmations, 0))
 
     async def _read_multicall(
-        self, reads: list[_Read], block: str
+        self, endpoint: Endpoint, reads: list[_Read], block: str
     ) -> tuple[int, int, list[CallResult]]:
         head = [
             Call(self.network.multicall3, GET_BLOCK_NUMBER),
@@ -154,40 +289,47 @@ class ChainReader:
         ]
         size = self.network.max_calls_per_batch
         first, rest = reads[: size - len(head)], reads[size - len(head) :]
-        first_results = await self._aggregate3([*head, *(r.call for r in first)], block)
-        number = self._uint(first_results[0], "block number")
-        timestamp = self._uint(first_results[1], "block timestamp")
+        first_results = await self._aggregate3(endpoint, [*head, *(r.call for r in first)], block)
+        try:
+            number = self._uint(first_results[0], "block number")
+            timestamp = self._uint(first_results[1], "block timestamp")
+        except ChainUnavailable as exc:  # Multicall3's own getters cannot fail on a sound node
+            raise ProviderFault("Multicall3 block fields are malformed") from exc
+        if block == "latest":
+            endpoint.note_head(number)
         # The first call fixed the block; the remaining chunks are pinned to its number.
         chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
         more = await asyncio.gather(
-            *(self._aggregate3([r.call for r in chunk], hex(number)) for chunk in chunks)
+            *(self._aggregate3(endpoint, [r.call for r in chunk], hex(number)) for chunk in chunks)
         )
         results = first_results[len(head) :]
         for chunk_results in more:
             results.extend(chunk_results)
         return number, timestamp, results
 
-    async def _aggregate3(self, calls: list[Call], block: str) -> list[CallResult]:
+    async def _aggregate3(
+        self, endpoint: Endpoint, calls: list[Call], block: str
+    ) -> list[CallResult]:
+        """One ``aggregate3`` call; anything but a well-formed answer is the provider's fault."""
         payload = {"to": self.network.multicall3, "data": "0x" + encode_aggregate3(calls).hex()}
-        answer = await self._request("eth_call", [payload, block])
-        data = bytes.fromhex(str(answer).removeprefix("0x"))
+        data = _data(await endpoint.request("eth_call", [payload, block]), "eth_call result")
         if not data:
-            raise ChainUnavailable(self.network.name, "Multicall3 returned no data")
+            raise ProviderFault("Multicall3 returned no data")
         try:
             results = decode_aggregate3(data)
         except Exception as exc:  # eth_abi raises several unrelated types on bad input
-            raise ChainUnavailable(self.network.name, "Multicall3 answer is malformed") from exc
+            raise ProviderFault("Multicall3 answer is malformed") from exc
         if len(results) != len(calls):
-            raise ChainUnavailable(self.network.name, "Multicall3 answer has the wrong length")
+            raise ProviderFault("Multicall3 answer has the wrong number of results")
         return results
 
     async def _read_batch(
-        self, reads: list[_Read], block: str
+        self, endpoint: Endpoint, reads: list[_Read], block: str
     ) -> tuple[int, int, list[CallResult]]:
-        header = await self._request("eth_getBlockByNumber", [block, False])
-        if not isinstance(header, dict):
-            raise ChainUnavailable(self.network.name, f"block {block} is not available")
-        number, timestamp = int(header["number"], 16), int(header["timestamp"], 16)
+        header = _header(await endpoint.request("eth_getBlockByNumber", [block, False]), block)
+        number, timestamp = header.number, header.timestamp
+        if block == "latest":
+            endpoint.note_head(number)
         pinned = hex(number)
         requests: list[tuple[str, list[Any]]] = []
         for read in reads:
@@ -196,15 +338,16 @@ class ChainReader:
             else:
                 call = {"to": read.call.target, "data": "0x" + read.call.data.hex()}
                 requests.append(("eth_call", [call, pinned]))
-        answers = await self._rpc.batch(requests) if requests else []
+        answers = await endpoint.batch(requests)
         results = []
         for read, answer in zip(reads, answers, strict=True):
             if isinstance(answer, RpcError):
                 results.append(CallResult(False, b""))
             elif read.token.address is None and read.holder is not None:
-                results.append(CallResult(True, int(answer, 16).to_bytes(32, "big")))
+                balance = _quantity(answer, "eth_getBalance result")
+                results.append(CallResult(True, balance.to_bytes(32, "big")))
             else:
-                results.append(CallResult(True, bytes.fromhex(str(answer).removeprefix("0x"))))
+                results.append(CallResult(True, _data(answer, "eth_call result")))
         return number, timestamp, results
 
     def _assemble(
@@ -256,10 +399,65 @@ class ChainReader:
             raise ChainUnavailable(self.network.name, f"{what} answer is malformed", currency)
         return tuple(decode(types, result.data[: 32 * len(types)]))
 
-    async def _request(self, method: str, params: list[Any]) -> Any:
+    async def _run(self, read: Callable[[Endpoint], Awaitable[T]], timeout: float) -> T:
+        """``read`` on the providers; an answered JSON-RPC error is the node saying no."""
         try:
-            return await self._rpc.request(method, params)
+            return await self._pool.run(read, timeout=timeout)
         except RpcError as exc:
             raise ChainUnavailable(
-                self.network.name, f"node refused {method} (JSON-RPC error {exc.code})"
+                self.network.name, f"node refused {exc.method} (JSON-RPC error {exc.code})"
             ) from exc
+
+
+def _quantity(value: Any, what: str) -> int:
+    """A JSON-RPC quantity (``0x1a``); anything else is the provider's fault."""
+    if isinstance(value, str) and value.startswith("0x") and len(value) <= 66:
+        try:
+            return int(value, 16)
+        except ValueError:
+            pass
+    raise ProviderFault(f"{what} is not a hex quantity")
+
+
+def _data(value: Any, what: str) -> bytes:
+    """JSON-RPC data (``0x...``, whole bytes); anything else is the provider's fault."""
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            pass
+    raise ProviderFault(f"{what} is not hex data")
+
+
+async def _block_hash(endpoint: Endpoint, number: int) -> str | None:
+    """The hash of block ``number`` on this provider; None when it does not have it."""
+    header = await endpoint.request("eth_getBlockByNumber", [hex(number), False])
+    if header is None:
+        return None
+    if not isinstance(header, dict) or header.get("number") != hex(number):
+        raise ProviderFault(f"block {number}: malformed header")
+    block_hash = header.get("hash")
+    if not isinstance(block_hash, str) or len(block_hash) != _HASH:
+        raise ProviderFault(f"block {number}: malformed hash")
+    _data(block_hash, "block hash")
+    return block_hash.lower()
+
+
+def _quoted(text: str) -> str:
+    """A symbol read from a contract, quoted and escaped for a one-line message."""
+    return json.dumps(text)
+
+
+def _header(value: Any, tag: str) -> BlockHeader:
+    """A block header; missing or malformed is the provider's fault (another may have it)."""
+    if not isinstance(value, dict):
+        raise ProviderFault(f"block {tag} is not available")
+    try:
+        return BlockHeader(
+            number=_quantity(value["number"], "block number"),
+            hash=str(value["hash"]),
+            parent_hash=str(value.get("parentHash", "")),
+            timestamp=_quantity(value["timestamp"], "block timestamp"),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ProviderFault(f"block {tag}: malformed header") from exc

@@ -11,6 +11,13 @@ The first start binds port 0, and the port is read from anvil's own
 ``Listening on`` line, so two nodes never race for one port. anvil's output
 (banner and one line per request) is drained and dropped, keeping only the last
 lines for error messages.
+
+anvil dies with this process however it ends, SIGKILL included: it is started
+through ``service.children`` (the parent-death signal, on Linux).  It still gets
+a session of its own: Ctrl-C in a terminal signals the whole foreground process
+group, and anvil must not quit under the server that reads from it before the
+demo stops them in order; and its own group lets ``stop()`` signal anything it
+started.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Protocol
 
+from service import children
 from service.devchain.rpc import rpc_call
 
 __all__ = ["AnvilFactory", "AnvilNode", "AnvilNotFoundError", "AnvilStartError", "find_anvil"]
@@ -203,12 +211,14 @@ class AnvilNode:
         if self.block_time is not None:
             args += ["--block-time", str(self.block_time)]
         args += self._extra_args
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        self._process = children.popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: stop() reaches any children
+            # Out of the terminal's foreground group (Ctrl-C reaches the demo, which
+            # stops anvil in order), and a group of its own for stop() to signal.
+            start_new_session=True,
         )
         _live_nodes.add(self)
         assert self._process.stdout is not None

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc import aio
@@ -45,10 +46,27 @@ def build_gateway_app(
     channel: aio.Channel, routes: Sequence[Route], limits: RestLimits, *, title: str
 ) -> web.Application:
     handler = _Handler(channel, RouteTable(routes), limits, title)
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUESTS)  # once: same instance
     app = web.Application(client_max_size=limits.max_body_bytes)
     # [\s\S]: a decoded path may hold a newline, which "." would not match.
     app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
     return app
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse (bad request line, header bytes, chunk
+    sizes) at ERROR with a traceback, then answers 400 itself.  That is the client's
+    error, and anyone can send it at will: one DEBUG line instead, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            log.debug("malformed HTTP request answered 400: %s", type(error).__name__)
+            return False
+        return True
+
+
+_MALFORMED_REQUESTS = _MalformedRequests()
 
 
 class _Handler:
@@ -248,6 +266,14 @@ async def _next_while_connected(messages: AsyncIterator[Message], request: web.R
     finally:
         if not pending.done():
             pending.cancel()
+            # The stream may still end with an error (its deadline) as it is cancelled:
+            # retrieve it, or asyncio logs "exception was never retrieved" with a traceback.
+            pending.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _result_line(route: Route, message: Message) -> bytes:

@@ -1,16 +1,23 @@
-"""The REST error body: ``{"code": <grpc code>, "message": ..., "details": [Any JSON]}``."""
+"""The REST error body: ``{"code": <grpc code>, "message": ..., "details": [Any JSON]}``.
+
+A ``google.rpc.RetryInfo`` among the details (a call refused by a rate limit or
+quota) also becomes a ``Retry-After`` header, in whole seconds rounded up: a
+deliberate addition to grpc-gateway, which leaves the delay in the body only.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
 from aiohttp import web
 from google.protobuf import any_pb2, json_format
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from service.gateway.http_status import http_status_from_code
 
@@ -18,6 +25,7 @@ __all__ = ["GatewayError", "details_from_trailers", "error_response"]
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 WWW_AUTHENTICATE = 'ApiKey realm="balances", header="X-API-Key"'
+_RETRY_INFO_TYPE = "type.googleapis.com/" + error_details_pb2.RetryInfo.DESCRIPTOR.full_name
 
 
 class GatewayError(Exception):
@@ -50,6 +58,9 @@ def error_response(
     all_headers = dict(headers or {})
     if code == grpc.StatusCode.UNAUTHENTICATED:
         all_headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    retry_after = _retry_after(details)
+    if retry_after is not None:
+        all_headers.setdefault("Retry-After", str(retry_after))
     body = {"code": code.value[0], "message": message, "details": list(details)}
     return web.Response(
         status=status,
@@ -66,6 +77,19 @@ def details_from_trailers(trailers: Sequence[Any]) -> list[dict[str, Any]]:
             status = status_pb2.Status.FromString(value)
             return [_any_json(detail) for detail in status.details]
     return []
+
+
+def _retry_after(details: Sequence[dict[str, Any]]) -> int | None:
+    """Whole seconds, rounded up, of the first RetryInfo's delay (proto3 JSON: ``"1.500s"``)."""
+    for detail in details:
+        delay = detail.get("retryDelay")
+        if detail.get("@type") == _RETRY_INFO_TYPE and isinstance(delay, str):
+            try:
+                seconds = Decimal(delay.removesuffix("s"))
+            except InvalidOperation:
+                return None
+            return max(0, math.ceil(seconds)) if seconds.is_finite() else None
+    return None
 
 
 def _any_json(detail: any_pb2.Any) -> dict[str, Any]:

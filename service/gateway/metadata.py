@@ -5,7 +5,7 @@ public API authenticates with it), ``Authorization``, ``Grpc-Metadata-<name>``
 as ``<name>``, ``X-Request-Id`` (kept when well-formed, else replaced, by the
 server's own policy in ``service.request_ids``, so every REST call has one and
 it is the ID the server uses), and ``X-Forwarded-For`` with the peer address
-appended.
+appended.  ``Grpc-Timeout`` sets the call's deadline (clamped to 30 days).
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import grpc
 from service.gateway.errors import GatewayError
 from service.request_ids import accept_request_id
 
-__all__ = ["grpc_timeout", "request_metadata", "response_headers"]
+__all__ = ["MAX_TIMEOUT_SECONDS", "grpc_timeout", "request_metadata", "response_headers"]
 
 _METADATA_PREFIX = "grpc-metadata-"
-_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")  # [0-9]: \d takes any Unicode digit
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# Far beyond any call or watch a client means; far below where grpc's deadline overflows.
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0
 _KEY = re.compile(r"[0-9a-z_.-]+")
 _RESERVED = ("grpc-", ":")
 
@@ -60,17 +62,23 @@ def request_metadata(
 
 
 def grpc_timeout(value: str | None, default: float) -> float:
-    """Seconds from a ``Grpc-Timeout`` header (``100m``, ``5S``, ``1M``...), else ``default``."""
+    """Seconds from a ``Grpc-Timeout`` header (``100m``, ``5S``, ``1M``...), else ``default``.
+
+    The grammar is gRPC's: a positive integer of 1-8 digits and a unit.  A value
+    above ``MAX_TIMEOUT_SECONDS`` is clamped to it, as gRPC servers saturate a
+    huge timeout rather than refuse it; unclamped, ``99999999H`` (~11,000 years)
+    overflows grpc's deadline arithmetic into one already passed.
+    """
     if value is None:
         return default
     match = _TIMEOUT.fullmatch(value.strip())
-    if match is None:
+    if match is None or int(match.group(1)) == 0:
         raise GatewayError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"Grpc-Timeout {value[:32]!r} is invalid: expected 1-8 digits and a unit "
-            "(H, M, S, m, u, n)",
+            f"Grpc-Timeout {value[:32]!r} is invalid: expected a positive integer of 1-8 "
+            "digits and a unit (H, M, S, m, u, n)",
         )
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return min(int(match.group(1)) * _UNIT_SECONDS[match.group(2)], MAX_TIMEOUT_SECONDS)
 
 
 def response_headers(*metadata: Iterable[Any]) -> dict[str, str]:

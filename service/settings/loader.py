@@ -18,10 +18,12 @@ from typing import Any, Final, TypeVar
 from service.errors import ConfigError
 from service.gateway.limits import RestLimits
 from service.settings.model import (
+    LimitsSettings,
     NetworkSettings,
     PriceSettings,
     RestSettings,
     Settings,
+    TenantLimitsSettings,
     TokenSettings,
     WatchSettings,
     WebhookSettings,
@@ -56,7 +58,8 @@ _NETWORK_KEYS = {
     "name": _Key("name", str, "a string"),
     "chain_id": _Key("chain_id", int, "an integer"),
     "rpc_urls": _Key("rpc_urls", list, "a non-empty list of http(s) URLs"),
-    **_keys("confirmations", "max_calls_per_batch", kind=int),
+    **_keys("confirmations", "max_calls_per_batch", "max_lag_blocks", "verify_providers", kind=int),
+    **_keys("hedge_floor_seconds", "recovery_seconds", "max_stale_seconds"),
     **_keys("block_tag", "multicall3", "ws_url", kind=str),
 }
 _TOKEN_KEYS = {
@@ -64,6 +67,7 @@ _TOKEN_KEYS = {
     "decimals": _Key("decimals", int, "an integer"),
     "native": _Key("native", bool),
     "address": _Key("address", str),
+    "onchain_symbol": _Key("onchain_symbol", str),
 }
 _PRICE_KEYS = {**_keys("peg"), **_keys("feed", kind=str), **_keys("max_age_seconds", kind=int)}
 _PEM = "a path to a PEM file"
@@ -73,8 +77,18 @@ _TLS_KEYS = {
 }
 _CLIENT_CA_KEYS = {"client_ca_file": _Key("client_ca_file", _PEM_PATH, _PEM)}
 _LIMITS_KEYS = {
-    **_keys("max_body_bytes", kind=int),
-    **_keys("body_read_timeout_seconds", "default_timeout_seconds"),
+    **_keys("max_body_bytes", "max_connections", "max_connections_per_client", kind=int),
+    **_keys(
+        "body_read_timeout_seconds",
+        "default_timeout_seconds",
+        "header_timeout_seconds",
+        "keepalive_timeout_seconds",
+    ),
+}
+# [limits] and each [limits.tenants.<name>]: the rate may be fractional, the counts may not.
+_QUOTA_KEYS = {
+    **_keys("requests_per_second"),
+    **_keys("burst", "max_in_flight", "max_streams", kind=int),
 }
 _WEBHOOK_KEYS = {
     **_keys("allow_http_hosts", "retry_schedule_seconds", kind=list),
@@ -114,7 +128,7 @@ def load_settings(path: Path) -> Settings:
 def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     """Validate an already-parsed TOML document."""
     doc = _Table(raw, "", base_dir)
-    tables = {name: doc.table(name) for name in (*_SETTINGS_KEYS, "watch", "webhooks")}
+    tables = {name: doc.table(name) for name in (*_SETTINGS_KEYS, "watch", "webhooks", "limits")}
     rest = _rest(doc.table("rest")) if "rest" in raw else None
     networks = doc.tables("networks", "a list of [[networks]] tables")
     doc.reject_unknown()
@@ -130,6 +144,7 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     kwargs["networks"] = tuple(_network(table, default_batch) for table in networks)
     kwargs["watch"] = _build(WatchSettings, tables["watch"], _keys("poll_interval_seconds"))
     kwargs["webhooks"] = _build(WebhookSettings, tables["webhooks"], _WEBHOOK_KEYS)
+    kwargs["limits"] = _limits(tables["limits"])
     kwargs["rest"] = rest
     for table in tables.values():
         table.reject_unknown()
@@ -143,6 +158,16 @@ def _rest(table: _Table) -> RestSettings:
         kwargs["tls"] = _tls(table.table("tls"), client_ca=False)  # no mTLS on REST
     table.reject_unknown()
     return _construct(RestSettings, table.prefix, kwargs)
+
+
+def _limits(table: _Table) -> LimitsSettings:
+    kwargs = table.fields(LimitsSettings, _QUOTA_KEYS)
+    tenants = table.table("tenants")
+    kwargs["tenants"] = {
+        name: _build(TenantLimitsSettings, tenants.table(name), _QUOTA_KEYS) for name in tenants.raw
+    }
+    table.reject_unknown()
+    return _construct(LimitsSettings, table.prefix, kwargs)
 
 
 def _tls(table: _Table, *, client_ca: bool) -> TlsSettings:

@@ -11,27 +11,41 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from service.addresses import parse_address
+from service.chain.providers import ProviderPolicy
 from service.checks import check_int_between, check_listen, normalise, positive_seconds
-from service.domain import FeedPrice, PegPrice, PriceSource, ReadDepth, Token, WebhookPolicy
+from service.domain import (
+    FeedPrice,
+    PegPrice,
+    PriceSource,
+    ReadDepth,
+    Token,
+    WebhookPolicy,
+    parse_tenant,
+)
 from service.errors import ConfigError, InvalidArgument
 from service.gateway.limits import RestLimits
+from service.quotas import Quota, QuotaPolicy
 from service.settings.tls import TlsSettings
+from service.webhooks.destinations import parse_dev_receiver
 
 __all__ = [
     "BLOCK_TAGS",
     "CANONICAL_MULTICALL3",
     "BlockTag",
+    "LimitsSettings",
     "NetworkSettings",
     "PriceSettings",
     "RestSettings",
     "Settings",
+    "TenantLimitsSettings",
     "TokenSettings",
     "WatchSettings",
     "WebhookSettings",
@@ -88,6 +102,8 @@ class TokenSettings:
     price: PriceSettings
     address: str | None = None
     native: bool = False
+    # What the contract's symbol() says when the label differs on purpose (checked at start).
+    onchain_symbol: str | None = None
 
     def __post_init__(self) -> None:
         if not _SYMBOL.fullmatch(self.symbol):
@@ -97,11 +113,19 @@ class TokenSettings:
             normalise(self, "address", _address("address", self.address))
         if self.native == (self.address is not None):
             raise ConfigError("address", "give either an address or native = true")
+        if self.onchain_symbol is not None:
+            if self.native:
+                raise ConfigError("onchain_symbol", "only for a token with an address")
+            text = self.onchain_symbol
+            if not isinstance(text, str) or not 0 < len(text) <= 64 or not text.isprintable():
+                raise ConfigError("onchain_symbol", "must be 1-64 printable characters")
 
     @property
     def token(self) -> Token:
         """The domain value the chain reader and pricing use."""
-        return Token(self.symbol, self.decimals, self.address, self.price.source)
+        return Token(
+            self.symbol, self.decimals, self.address, self.price.source, self.onchain_symbol
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,8 +141,29 @@ class NetworkSettings:
     multicall3: str = CANONICAL_MULTICALL3
     max_calls_per_batch: int = 500
     ws_url: str | None = None  # when set, the block follower subscribes to newHeads
+    # Providers (service.chain.providers): hedging, rest after faults, lag.
+    hedge_floor_seconds: float = 0.2
+    recovery_seconds: float = 10.0
+    max_lag_blocks: int = 5
+    # Stale-if-error (service.balances): how old a last good read may be when served
+    # because every provider failed; 0 turns it off.
+    max_stale_seconds: float = 60.0
+    # Provider cross-check (service.chain.cross_check): a snapshot is served only when this
+    # many providers report the same hash for its block; 1 turns it off.
+    verify_providers: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("hedge_floor_seconds", "recovery_seconds"):
+            normalise(self, name, positive_seconds(name, getattr(self, name)))
+        if self.max_stale_seconds != 0 or isinstance(self.max_stale_seconds, bool):
+            try:
+                stale = positive_seconds("max_stale_seconds", self.max_stale_seconds)
+            except ConfigError:
+                raise ConfigError(
+                    "max_stale_seconds", "must be 0 (off) or a positive number of seconds"
+                ) from None
+            normalise(self, "max_stale_seconds", stale)
+        check_int_between("max_lag_blocks", self.max_lag_blocks, 0, 10_000)
         if not _NETWORK_NAME.fullmatch(self.name):
             raise ConfigError("name", "must be lowercase letters, digits, '-' or '_'")
         if self.chain_id <= 0:
@@ -127,6 +172,13 @@ class NetworkSettings:
             raise ConfigError("rpc_urls", "must list at least one URL")
         for i, url in enumerate(self.rpc_urls):
             _check_url(f"rpc_urls[{i}]", url)
+        if isinstance(self.verify_providers, bool) or not isinstance(self.verify_providers, int):
+            raise ConfigError("verify_providers", "must be an integer")
+        if not 1 <= self.verify_providers <= len(self.rpc_urls):
+            raise ConfigError(
+                "verify_providers",
+                f"must be between 1 (off) and the number of rpc_urls ({len(self.rpc_urls)})",
+            )
         if self.confirmations < 0:
             raise ConfigError("confirmations", "must be 0 or more")
         if self.block_tag not in BLOCK_TAGS:
@@ -145,6 +197,15 @@ class NetworkSettings:
                 raise ConfigError(f"tokens[{i}].symbol", f"duplicate symbol {symbol!r}")
         if sum(t.is_native for t in self.tokens) > 1:
             raise ConfigError("tokens", "at most one token may be native")
+
+    def provider_policy(self, attempt_timeout: float) -> ProviderPolicy:
+        """How the chain adapter uses this network's providers."""
+        return ProviderPolicy(
+            attempt_timeout=attempt_timeout,
+            hedge_floor_seconds=self.hedge_floor_seconds,
+            recovery_seconds=self.recovery_seconds,
+            max_lag_blocks=self.max_lag_blocks,
+        )
 
     @property
     def read_depth(self) -> ReadDepth:
@@ -182,16 +243,19 @@ class WatchSettings:
 class WebhookSettings:
     """``balance.updated`` delivery (the ``[webhooks]`` table)."""
 
-    # Plain http is refused except to these hosts (local receivers, tests).
+    # Development receivers ("127.0.0.1:8099"): plain http allowed, exempt from the
+    # address rules (service/webhooks/destinations.py); never one of the service's ports.
     allow_http_hosts: tuple[str, ...] = ()
     timeout_seconds: float = 10.0
     # Delay before each retry; after the last one fails the event is marked failed.
     retry_schedule_seconds: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 3600.0)
 
     def __post_init__(self) -> None:
-        for i, host in enumerate(self.allow_http_hosts):
-            if not isinstance(host, str) or not host or "/" in host or ":" in host:
-                raise ConfigError(f"allow_http_hosts[{i}]", "must be a host name")
+        for i, entry in enumerate(self.allow_http_hosts):
+            try:
+                parse_dev_receiver(entry if isinstance(entry, str) else "")
+            except ValueError as exc:
+                raise ConfigError(f"allow_http_hosts[{i}]", str(exc)) from None
         normalise(self, "allow_http_hosts", tuple(h.lower() for h in self.allow_http_hosts))
         for i, delay in enumerate(self.retry_schedule_seconds):
             if (
@@ -221,6 +285,93 @@ class WebhookSettings:
         )
 
 
+_MAX_RATE = 1_000_000  # the largest count or rate one may configure in [limits]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class TenantLimitsSettings:
+    """A tenant's own limits (a ``[limits.tenants.<name>]`` table); unset: the default's."""
+
+    requests_per_second: float | None = None
+    burst: int | None = None
+    max_in_flight: int | None = None
+    max_streams: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_limits(self)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Rate limits and concurrency quotas per API key (the ``[limits]`` table).
+
+    The default rate keeps one key at full blast to a fraction of one server
+    (scripts/noisy_neighbour.py measures what that leaves the others); the
+    burst and counts are wide enough for batch jobs and many watches.
+    ``tenants`` gives a tenant its own values, each key of that tenant getting them.
+    """
+
+    requests_per_second: float = 100.0  # sustained calls (unary and stream opens) per second
+    burst: int = 500  # calls at once above the sustained rate (the token bucket's size)
+    max_in_flight: int = 256  # unary calls running at once
+    max_streams: int = 64  # watch streams open at once (apart from unary calls)
+    tenants: Mapping[str, TenantLimitsSettings] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_limits(self)
+        for name in self.tenants:
+            try:
+                parse_tenant(name)
+            except InvalidArgument as exc:
+                shown = name if name.isascii() and name.isprintable() else "<name>"
+                raise ConfigError(f"tenants.{shown}", str(exc)) from exc
+
+    @property
+    def policy(self) -> QuotaPolicy:
+        """What the call quotas take: each tenant's values over the server default."""
+        default = Quota(
+            requests_per_second=self.requests_per_second,
+            burst=self.burst,
+            max_in_flight=self.max_in_flight,
+            max_streams=self.max_streams,
+        )
+        return QuotaPolicy(
+            default,
+            {
+                name: Quota(
+                    requests_per_second=_either(own.requests_per_second, self.requests_per_second),
+                    burst=_either(own.burst, self.burst),
+                    max_in_flight=_either(own.max_in_flight, self.max_in_flight),
+                    max_streams=_either(own.max_streams, self.max_streams),
+                )
+                for name, own in self.tenants.items()
+            },
+        )
+
+
+def _check_limits(limits: LimitsSettings | TenantLimitsSettings) -> None:
+    rate = limits.requests_per_second
+    if rate is not None:
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not (0 < rate <= _MAX_RATE and math.isfinite(rate))
+        ):
+            raise ConfigError("requests_per_second", f"must be a number, 0 < rate <= {_MAX_RATE}")
+        normalise(limits, "requests_per_second", float(rate))
+    for name in ("burst", "max_in_flight", "max_streams"):
+        value = getattr(limits, name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(name, "must be an integer")
+            check_int_between(name, value, 1, _MAX_RATE)
+
+
+def _either(own: _T | None, default: _T) -> _T:
+    return default if own is None else own
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the service needs to start."""
@@ -237,6 +388,7 @@ class Settings:
     minor_unit_digits: int = 2
     watch: WatchSettings = field(default_factory=WatchSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     def __post_init__(self) -> None:
         check_listen("listen", self.listen)
@@ -251,6 +403,15 @@ class Settings:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ConfigError(f"networks[{i}].name", f"duplicate network name {name!r}")
+        # A development receiver must never be this service (bound ports: destinations.py).
+        listens = (self.listen, self.rest.listen if self.rest else "")
+        own = {int(listen.rpartition(":")[2]) for listen in listens if listen} - {0}
+        for i, entry in enumerate(self.webhooks.allow_http_hosts):
+            if parse_dev_receiver(entry)[1] in own:
+                raise ConfigError(
+                    f"webhooks.allow_http_hosts[{i}]",
+                    "must not name one of the service's own ports (listen, rest.listen)",
+                )
 
     def network(self, name: str) -> NetworkSettings:
         return next(n for n in self.networks if n.name == name)

@@ -11,7 +11,12 @@ from fractions import Fraction
 from pathlib import Path
 
 from service.domain import FeedPrice, Token
-from service.settings.model import NetworkSettings, Settings
+from service.settings.model import (
+    LimitsSettings,
+    NetworkSettings,
+    Settings,
+    TenantLimitsSettings,
+)
 from service.settings.tls import TlsSettings
 
 __all__ = ["render_settings"]
@@ -35,6 +40,10 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
                 "max_body_bytes": limits.max_body_bytes,
                 "body_read_timeout_seconds": limits.body_read_timeout_seconds,
                 "default_timeout_seconds": limits.default_timeout_seconds,
+                "header_timeout_seconds": limits.header_timeout_seconds,
+                "keepalive_timeout_seconds": limits.keepalive_timeout_seconds,
+                "max_connections": limits.max_connections,  # 0: from the fd limit
+                "max_connections_per_client": limits.max_connections_per_client,
             },
         )
         lines += _tls("rest.tls", settings.rest.tls)
@@ -58,9 +67,26 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
             "retry_schedule_seconds": webhooks.retry_schedule_seconds,
         },
     )
+    lines += _limits(settings.limits)
     for network in settings.networks:
         lines += _network(network)
     return "\n".join(lines)
+
+
+def _limits(limits: LimitsSettings) -> list[str]:
+    lines = _table("limits", _quota_values(limits))
+    for name, own in limits.tenants.items():
+        lines += _table(f"limits.tenants.{name}", _quota_values(own))  # names are bare keys
+    return lines
+
+
+def _quota_values(limits: LimitsSettings | TenantLimitsSettings) -> dict[str, Value | None]:
+    return {
+        "requests_per_second": limits.requests_per_second,
+        "burst": limits.burst,
+        "max_in_flight": limits.max_in_flight,
+        "max_streams": limits.max_streams,
+    }
 
 
 def _network(network: NetworkSettings) -> list[str]:
@@ -73,6 +99,11 @@ def _network(network: NetworkSettings) -> list[str]:
         "multicall3": network.multicall3,
         "max_calls_per_batch": network.max_calls_per_batch,
         "ws_url": network.ws_url,
+        "hedge_floor_seconds": network.hedge_floor_seconds,
+        "recovery_seconds": network.recovery_seconds,
+        "max_lag_blocks": network.max_lag_blocks,
+        "max_stale_seconds": network.max_stale_seconds,  # 0: never serve a stale read
+        "verify_providers": network.verify_providers,  # 1: no cross-check
     }
     lines = _table("[networks]", values)
     for token in network.tokens:
@@ -90,6 +121,7 @@ def _token(token: Token) -> dict[str, Value | None]:
         "symbol": token.currency,
         "decimals": token.decimals,
         **({"native": True} if token.is_native else {"address": token.address}),
+        "onchain_symbol": token.onchain_symbol,
         "price": _Raw(price),
     }
 

@@ -4,8 +4,10 @@ At-least-once: an event is marked delivered only after a 2xx answer, so an
 event in flight when the process dies is sent again (same ``webhook-id``) after
 a restart.  One event per wallet is in flight at a time and a wallet's next
 event waits until the earlier one is delivered or given up.  Any other answer
-(a redirect included: they are not followed), a timeout, a connection error, or
-a failure to sign or send at all is a failed attempt: the next try comes after
+(a redirect included: they are not followed), a timeout, a connection error,
+a destination the rules now refuse (``destinations.py``: checked here, and
+address by address when the sender connects), or a failure to sign or send at
+all is a failed attempt: the next try comes after
 ``retry_schedule_seconds[attempt - 1]`` ± jitter; after the last one the event
 is marked failed.  Only a failure to *record* the outcome in the store is not
 an attempt: it is logged, and the event is tried again after the poll interval.
@@ -26,8 +28,8 @@ from service.domain import WebhookPolicy
 from service.errors import InvalidArgument
 from service.ports import Clock, WebhookOutbox, WebhookSender, utc_now
 from service.records import DueWebhookEvent
+from service.webhooks.destinations import WebhookDestinations
 from service.webhooks.signing import signed_headers
-from service.webhooks.urls import check_webhook_url
 
 __all__ = ["WebhookDelivery"]
 
@@ -47,6 +49,7 @@ class WebhookDelivery:
         sender: WebhookSender,
         policy: WebhookPolicy,
         *,
+        destinations: WebhookDestinations,
         concurrency: int = 16,
         poll_interval_seconds: float = 5.0,
         jitter: float = 0.1,
@@ -57,6 +60,7 @@ class WebhookDelivery:
             raise ValueError("concurrency must be at least 1")
         self._store = store
         self._policy = policy
+        self._destinations = destinations
         self._sender = sender
         self._concurrency = concurrency
         self._poll = poll_interval_seconds
@@ -125,7 +129,7 @@ class WebhookDelivery:
         Whatever goes wrong here is the attempt's failure, counted and retried per schedule.
         """
         try:
-            check_webhook_url(event.url, self._policy.allow_http_hosts)
+            self._destinations.check_url(event.url)  # before any lookup or connection
         except InvalidArgument as exc:
             return f"url no longer allowed: {exc}"
         try:

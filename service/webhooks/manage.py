@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from service.domain import WebhookPolicy, parse_tenant
+from service.domain import parse_tenant
 from service.errors import InvalidArgument, NotFound
 from service.ports import Clock, WebhookStore, utc_now
 from service.records import WebhookConfig, WebhookConfigChange
+from service.webhooks.destinations import WebhookDestinations
 from service.webhooks.payload import EVENT_TYPES
 from service.webhooks.signing import new_secret
-from service.webhooks.urls import check_webhook_url
 
 __all__ = ["WebhookManagement"]
 
@@ -27,13 +27,13 @@ class WebhookManagement:
     def __init__(
         self,
         store: WebhookStore,
-        policy: WebhookPolicy,
+        destinations: WebhookDestinations,
         *,
         wake_delivery: Callable[[], None] | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self._store = store
-        self._policy = policy
+        self._destinations = destinations
         self._wake_delivery = wake_delivery
         self._clock = clock
 
@@ -50,10 +50,14 @@ class WebhookManagement:
         """Create or change the config; empty ``url``/``events`` keep the current ones.
 
         ``change.secret_changed`` says ``change.config.secret`` is new (created or
-        rotated) and is to be shown to the caller, this once.
+        rotated) and is to be shown to the caller, this once.  The URL must pass every
+        destination rule, its host looked up (``destinations.py``).
         """
-        checked_url = check_webhook_url(url, self._policy.allow_http_hosts) if url else None
-        checked_events = _check_events(events) if events else None
+        checked_events = _check_events(events) if events else None  # before any lookup
+        checked_url = None
+        if url:
+            await self._destinations.check(url)
+            checked_url = url
         existing = await self._store.webhook_config(tenant)
         if existing is None:
             if checked_url is None:

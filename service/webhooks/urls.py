@@ -1,23 +1,37 @@
-"""Which receiver URLs a tenant may configure: https, or http to an allowed host."""
+"""A webhook URL's syntax: what it must look like before anyone asks where it points.
+
+Where it may point (public destinations, development receivers) is
+``destinations.py``.  Messages never repeat the URL: its path may hold a token.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from service.errors import InvalidArgument
 
-__all__ = ["MAX_URL_LENGTH", "check_webhook_url"]
+__all__ = ["MAX_URL_LENGTH", "WebhookTarget", "split_webhook_url"]
 
 MAX_URL_LENGTH = 2048
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
-def check_webhook_url(url: str, allow_http_hosts: Collection[str]) -> str:
-    """Return ``url`` when a webhook may be sent to it, else raise ``InvalidArgument``.
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where a URL says to connect: its scheme, host and port."""
 
-    Rules: an absolute ``https`` URL with a host, or ``http`` to a host in
-    ``allow_http_hosts``; no user name or password; no fragment; printable
-    ASCII only.  Messages never repeat the URL (its path may hold a token).
+    scheme: str  # "https" or "http"
+    host: str  # lowercase; an IPv6 address without its brackets
+    port: int  # the URL's, or the scheme's default
+
+
+def split_webhook_url(url: str) -> WebhookTarget:
+    """The scheme, host and port of ``url``, or ``InvalidArgument`` naming the broken rule.
+
+    Rules: an absolute ``http`` or ``https`` URL with a host; printable ASCII
+    (non-ASCII host names in their ``xn--`` form); no user name or password; no
+    fragment; a port from 1 to 65535 when one is given.
     """
     if not url:
         raise InvalidArgument("url is empty")
@@ -27,11 +41,11 @@ def check_webhook_url(url: str, allow_http_hosts: Collection[str]) -> str:
         raise InvalidArgument("url must be printable ASCII without spaces (percent-encode)")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a malformed port)
+        port = parts.port  # raises ValueError for a malformed port
     except ValueError:
         raise InvalidArgument("url is malformed") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("https", "http"):
+    if scheme not in _DEFAULT_PORTS:
         raise InvalidArgument("url must use https")
     host = (parts.hostname or "").lower()
     if not host:
@@ -40,9 +54,6 @@ def check_webhook_url(url: str, allow_http_hosts: Collection[str]) -> str:
         raise InvalidArgument("url must not contain a user name or password")
     if parts.fragment or url.endswith("#"):
         raise InvalidArgument("url must not have a fragment")
-    if scheme == "http" and host not in {h.lower() for h in allow_http_hosts}:
-        allowed = ", ".join(sorted(allow_http_hosts)) or "none"
-        raise InvalidArgument(
-            f"url must use https (plain http only to hosts the service allows: {allowed})"
-        )
-    return url
+    if port == 0:
+        raise InvalidArgument("url port must be from 1 to 65535")
+    return WebhookTarget(scheme, host, port or _DEFAULT_PORTS[scheme])

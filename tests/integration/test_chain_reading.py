@@ -354,7 +354,13 @@ async def test_unexpected_exception_is_internal_with_request_id_and_redacted_tra
 ) -> None:
     url = stack.proxies["polygon"].url  # a configured URL, as aiohttp errors would carry
 
-    async def boom(addresses: Sequence[str], *, with_prices: bool, timeout: float) -> Snapshot:
+    async def boom(
+        addresses: Sequence[str],
+        *,
+        with_prices: bool,
+        timeout: float,
+        block_number: int | None = None,
+    ) -> Snapshot:
         raise RuntimeError(f"boom {url}")
 
     monkeypatch.setattr(stack.service.readers["polygon"], "snapshot", boom)

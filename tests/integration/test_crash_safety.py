@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from service import children
 from service.store.sqlite.migrations import migrate
 from tests.support.cli import BALANCES, OFFLINE_CONFIG
 
@@ -70,7 +71,7 @@ class Trial:
 
 def start_import(workdir: Path, import_file: Path) -> subprocess.Popen[bytes]:
     environment = {k: v for k, v in os.environ.items() if k != "BALANCES_CONFIG"}
-    return subprocess.Popen(
+    return children.popen(
         [str(BALANCES), "wallets", "import", str(import_file), "--config", "balances.toml"],
         cwd=workdir,
         env=environment,

@@ -25,9 +25,9 @@ from tests.support.monitoring import (
     POLL,
     RECEIVER,
     SENDER,
-    WEBHOOK_SETTINGS,
     monitored_world,
     verified,
+    webhook_settings,
 )
 from tests.support.stack import keyed_channel, write_stack_config
 from tests.support.webhook_receiver import WebhookReceiver
@@ -69,11 +69,11 @@ async def test_a_change_while_down_is_one_webhook_with_the_net_change_after_rest
 ) -> None:
     world = await monitored_world(start_anvil)
     node = world.networks["polygon"]
-    config = await write_stack_config(
-        world, tmp_path, {"polygon": [node.rpc_url]}, **WEBHOOK_SETTINGS
-    )
-    settings = config.settings
-    async with WebhookReceiver() as receiver:
+    async with WebhookReceiver() as receiver:  # first: its port goes into the config
+        config = await write_stack_config(
+            world, tmp_path, {"polygon": [node.rpc_url]}, **webhook_settings(receiver)
+        )
+        settings = config.settings
         async with serving(settings) as ports:
             async with keyed_channel(f"127.0.0.1:{ports.grpc}", config.api_key) as channel:
                 hooks: Any = webhooks_pb2_grpc.WebhooksServiceStub(channel)

@@ -55,12 +55,12 @@ from tests.support.monitoring import (
     RECEIVER,
     SENDER,
     TRANSFER_TOPIC,
-    WEBHOOK_SETTINGS,
     collapsed,
     data_of,
     holder,
     monitored_world,
     verified,
+    webhook_settings,
 )
 from tests.support.stack import Stack, keyed_channel, running_stack, write_stack_config
 from tests.support.tenancy_kit import new_key
@@ -139,7 +139,11 @@ class Monitor:
 
 @asynccontextmanager
 async def monitoring(
-    start_anvil: AnvilFactory, tmp_path: Path, *, confirmations: int = 0
+    start_anvil: AnvilFactory,
+    tmp_path: Path,
+    *,
+    confirmations: int = 0,
+    also: tuple[WebhookReceiver, ...] = (),  # more development receivers, already started
 ) -> AsyncIterator[Monitor]:
     world = await monitored_world(start_anvil)
     if confirmations:  # the funding is below the read depth: it is the baseline, not news
@@ -150,7 +154,7 @@ async def monitoring(
             world,
             tmp_path,
             network_changes={"polygon": {"confirmations": confirmations}},
-            **WEBHOOK_SETTINGS,
+            **webhook_settings(receiver, *also),
         ) as stack,
     ):
         await stack.service.start()
@@ -176,7 +180,9 @@ def since(moment: datetime) -> Timestamp:
 
 
 @asynccontextmanager
-async def serving(world: DemoWorld, tmp_path: Path) -> AsyncIterator[tuple[ServingPorts, str, str]]:
+async def serving(
+    world: DemoWorld, tmp_path: Path, receiver: WebhookReceiver
+) -> AsyncIterator[tuple[ServingPorts, str, str]]:
     """``serve()`` in this process with gRPC and REST over ``world``; (ports, key of
     tenant "default", key of tenant "other").  Stopped as on SIGTERM at exit."""
     config = await write_stack_config(
@@ -184,7 +190,7 @@ async def serving(world: DemoWorld, tmp_path: Path) -> AsyncIterator[tuple[Servi
         tmp_path,
         {"polygon": [world.networks["polygon"].rpc_url]},
         rest=RestSettings(listen="127.0.0.1:0"),
-        **WEBHOOK_SETTINGS,
+        **webhook_settings(receiver),
     )
     settings = config.settings
     other = new_api_key()
@@ -213,7 +219,7 @@ async def test_webhook_config_through_grpc_and_rest_on_serve_shows_the_secret_on
     world = await monitored_world(start_anvil)
     async with (
         WebhookReceiver() as receiver,
-        serving(world, tmp_path) as (ports, key, other_key),
+        serving(world, tmp_path, receiver) as (ports, key, other_key),
         keyed_channel(f"127.0.0.1:{ports.grpc}", key) as channel,
         aiohttp.ClientSession() as http,
     ):
@@ -573,7 +579,10 @@ async def test_replay_over_grpc_redelivers_with_the_same_webhook_id(
 async def test_another_tenants_webhook_is_separate_and_gets_only_its_own_wallets(
     start_anvil: AnvilFactory, tmp_path: Path
 ) -> None:
-    async with monitoring(start_anvil, tmp_path) as m, WebhookReceiver() as b_receiver:
+    async with (
+        WebhookReceiver() as b_receiver,  # first: its port goes into the config
+        monitoring(start_anvil, tmp_path, also=(b_receiver,)) as m,
+    ):
         a_secret = await m.configure()
         b_key = await new_key(m.stack, "other")
         async with keyed_channel(m.stack.target, b_key) as b_channel:

@@ -84,8 +84,10 @@ def test_balances_schemas_follow_the_proto3_json_mapping() -> None:
         "balances",
         "lastUpdated",
         "blockNumber",
+        "stale",
     ]
     assert wallet["properties"]["walletId"] == {"type": "string"}
+    assert wallet["properties"]["stale"] == {"type": "boolean"}
     assert wallet["properties"]["lastUpdated"] == {"type": "string", "format": "date-time"}
     assert wallet["properties"]["blockNumber"]["type"] == "string"
     assert wallet["properties"]["blockNumber"]["format"] == "uint64"
@@ -93,8 +95,12 @@ def test_balances_schemas_follow_the_proto3_json_mapping() -> None:
         "type": "array",
         "items": component("balances.v1.TokenBalance"),
     }
-    # Printed even when unpopulated, so always there; a message field (lastUpdated) has presence.
+    # Printed even when unpopulated, so always there; a message field (lastUpdated) and an
+    # optional one (stale, only there when true) have presence.
     assert wallet["required"] == ["walletId", "network", "balances", "blockNumber"]
+    customer_wallet = schemas["balances.v1.CustomerWallet"]
+    assert customer_wallet["properties"]["stale"] == {"type": "boolean"}
+    assert "stale" not in customer_wallet["required"]
     token = schemas["balances.v1.TokenBalance"]
     assert token["properties"]["amount"] == {"type": "string"}
     assert token["properties"]["decimals"]["type"] == "integer"
@@ -130,6 +136,7 @@ def test_response_schema_rejects_a_body_of_the_wrong_shape() -> None:
         "blockNumber": "42",
     }
     assert_valid(document, schema, good)
+    assert_valid(document, schema, {**good, "stale": True})
     validator = schema_validator(document, schema)
     for bad in (
         {**good, "blockNumber": 42},
@@ -137,6 +144,7 @@ def test_response_schema_rejects_a_body_of_the_wrong_shape() -> None:
         {**good, "balances": [{"currency": "USDC", "amount": 1250.5, "decimals": 6}]},
         {k: v for k, v in good.items() if k != "walletId"},
         {**good, "balances": None},
+        {**good, "stale": "yes"},
     ):
         with pytest.raises(ValidationError):
             validator.validate(bad)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from service import children
 from service.auth.keys import hash_key, new_api_key
 from service.domain import Wallet
 from service.errors import AlreadyExists, InvalidArgument, NotFound, WalletNotFound
@@ -169,7 +170,7 @@ async def test_concurrent_registrations_from_several_processes(
     stores: SqliteStores, db_path: Path
 ) -> None:
     async def run() -> str:
-        process = await asyncio.create_subprocess_exec(
+        process = await children.create_subprocess_exec(
             sys.executable,
             "-c",
             _REGISTER_IN_A_PROCESS,

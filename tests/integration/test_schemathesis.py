@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from service import children
 from service.api.services import API_SERVICES
 from service.gateway.limits import RestLimits
 from service.gateway.serve import RunningGateway, start_gateway
@@ -36,7 +37,7 @@ async def test_schemathesis_finds_no_server_errors_or_nonconforming_responses(
     live_gateway: RunningGateway, stack: Stack, tmp_path: Path
 ) -> None:
     st = Path(sys.executable).parent / "st"
-    process = await asyncio.create_subprocess_exec(
+    process = await children.create_subprocess_exec(
         str(st),
         "run",
         f"http://127.0.0.1:{live_gateway.port}/openapi.json",

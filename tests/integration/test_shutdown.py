@@ -3,107 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from balances.v1 import balances_pb2 as pb
-from balances.v1 import balances_pb2_grpc
 from service.devchain.world import DemoWorld
-from tests.support.cli import BALANCES
-from tests.support.processes import drain, processes_in_group, read_stderr_until_serving
-from tests.support.rpc_proxy import CountingProxy
-from tests.support.stack import keyed_channel, write_stack_config
+from tests.support.processes import processes_in_group
+from tests.support.serving import serve_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass
-class ServeProcess:
-    process: asyncio.subprocess.Process
-    proxies: dict[str, CountingProxy]
-    grace_period_seconds: float
-    channel: aio.Channel
-    stderr_lines: list[str] = field(default_factory=list)
-
-    @property
-    def health(self) -> health_pb2_grpc.HealthStub:
-        return health_pb2_grpc.HealthStub(self.channel)
-
-    @property
-    def balances(self) -> balances_pb2_grpc.BalancesServiceStub:
-        return balances_pb2_grpc.BalancesServiceStub(self.channel)
-
-    async def exit_code(self, timeout: float) -> int:
-        async with asyncio.timeout(timeout):
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def serve_process(world: DemoWorld, tmp_path: Path) -> AsyncIterator[ServeProcess]:
-    """``balances serve --config FILE`` in its own process group, through counting proxies."""
-    async with AsyncExitStack() as stack:
-        proxies = {
-            name: await stack.enter_async_context(CountingProxy(network.rpc_url))
-            for name, network in world.networks.items()
-        }
-        config = await write_stack_config(
-            world, tmp_path, {name: [p.url] for name, p in proxies.items()}
-        )
-        process = await asyncio.create_subprocess_exec(
-            str(BALANCES),
-            "serve",
-            "--config",
-            str(config.path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: what it leaves behind is findable
-        )
-
-        drains: list[asyncio.Task[None]] = []
-
-        async def kill_leftovers() -> None:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            for pid in processes_in_group(process.pid):
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for drain in drains:
-                await asyncio.wait_for(drain, 10)
-
-        stack.push_async_callback(kill_leftovers)
-        assert process.stderr is not None
-        lines: list[str] = []
-        port = await read_stderr_until_serving(process.stderr, lines)
-        drains.append(asyncio.create_task(drain(process.stderr, lines)))
-        channel = keyed_channel(f"127.0.0.1:{port}", config.api_key)
-        stack.push_async_callback(channel.close)
-        running = ServeProcess(
-            process,
-            proxies,
-            config.settings.grace_period_seconds,
-            channel,
-            lines,
-        )
-        check = await running.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert check.status == SERVING
-        for proxy in proxies.values():
-            proxy.reset()
-        yield running
 
 
 async def _wait_for(condition: object, what: str, timeout: float = 10) -> None:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import balances_pb2_grpc
+from service import children
 from service import run as run_module
 from service.devchain.world import DemoWorld
 from service.run import ServingPorts, serve
@@ -311,7 +312,7 @@ async def test_balances_serve_rejects_a_bad_tls_file_in_one_line(
     )
     text = await asyncio.to_thread(config.path.read_text)
     await asyncio.to_thread(config.path.write_text, text.replace(good, good.replace(*edit)))
-    process = await asyncio.create_subprocess_exec(
+    process = await children.create_subprocess_exec(
         str(BALANCES),
         "serve",
         "--config",

@@ -12,21 +12,25 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from service import children
 from service.domain import WebhookPolicy
 from service.records import WebhookEventRecord
 from service.store.sqlite import SqliteStores, open_sqlite_stores
 from service.webhooks.delivery import WebhookDelivery
+from service.webhooks.destinations import WebhookDestinations
 from service.webhooks.emitter import WebhookEmitter
-from service.webhooks.http_sender import HttpWebhookSender
+from service.webhooks.http_sender import HttpWebhookSender, SystemResolver
 from service.webhooks.manage import WebhookManagement
 from tests.support.cli import OFFLINE_CONFIG, balances_main
 from tests.support.monitoring import collapsed
@@ -46,11 +50,10 @@ from tests.support.webhook_values import (
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = WebhookPolicy(
-    allow_http_hosts=("127.0.0.1",), timeout_seconds=2.0, retry_schedule_seconds=(0.1, 0.2)
-)
+# Templates: ``for_receiver`` makes the test's receiver their development receiver.
+SHORT = WebhookPolicy(allow_http_hosts=(), timeout_seconds=2.0, retry_schedule_seconds=(0.1, 0.2))
 PATIENT = WebhookPolicy(
-    allow_http_hosts=("127.0.0.1",),
+    allow_http_hosts=(),
     timeout_seconds=2.0,
     retry_schedule_seconds=(0.1, 0.2, 0.4, 0.8, 1.6),
 )
@@ -68,12 +71,34 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
         yield running
 
 
+def for_receiver(policy: WebhookPolicy, receiver_url: str | None) -> WebhookPolicy:
+    """``policy`` with the receiver at ``receiver_url`` (127.0.0.1 and its port) as its
+    one development receiver; none for None."""
+    port = urlsplit(receiver_url).port if receiver_url else None
+    return replace(policy, allow_http_hosts=(f"127.0.0.1:{port}",) if port else ())
+
+
+def parts(
+    stores: SqliteStores, policy: WebhookPolicy
+) -> tuple[WebhookDestinations, HttpWebhookSender]:
+    """The destination rules (the system's resolver) and the real sender."""
+    destinations = WebhookDestinations(policy, SystemResolver())
+    return destinations, HttpWebhookSender(policy, destinations)
+
+
 @asynccontextmanager
 async def delivering(
-    stores: SqliteStores, policy: WebhookPolicy, **options: float
+    stores: SqliteStores, policy: WebhookPolicy, receiver: WebhookReceiver | None, **options: float
 ) -> AsyncIterator[WebhookDelivery]:
-    sender = HttpWebhookSender(policy)
-    delivery = WebhookDelivery(stores.webhooks, sender, policy, **options)  # type: ignore[arg-type]
+    policy = for_receiver(policy, receiver.url if receiver else None)
+    destinations, sender = parts(stores, policy)
+    delivery = WebhookDelivery(
+        stores.webhooks,
+        sender,
+        policy,
+        destinations=destinations,
+        **options,  # type: ignore[arg-type]
+    )
     await delivery.start()
     try:
         yield delivery
@@ -97,10 +122,19 @@ async def setup_tenant(
             tenant, f"cus_{tenant}", "polygon", address
         )
         wallet_ids.append(wallet.wallet_id)
-    change = await WebhookManagement(stores.webhooks, settings).update_config(
-        tenant, url, [], False
-    )
+    policy = for_receiver(settings, url)
+    change = await managing(stores, policy).update_config(tenant, url, [], False)
     return change.config.secret, wallet_ids
+
+
+def managing(
+    stores: SqliteStores, policy: WebhookPolicy, wake_delivery: Callable[[], None] | None = None
+) -> WebhookManagement:
+    return WebhookManagement(
+        stores.webhooks,
+        WebhookDestinations(policy, SystemResolver()),
+        wake_delivery=wake_delivery,
+    )
 
 
 def verified(secret: str, received: Received) -> dict[str, object]:
@@ -133,7 +167,7 @@ async def test_signed_payload_arrives_and_verifies(
     stores: SqliteStores, receiver: WebhookReceiver
 ) -> None:
     secret, (wallet_id,) = await setup_tenant(stores, ACME, receiver.url, [ADDR_1])
-    async with delivering(stores, SHORT) as delivery:
+    async with delivering(stores, SHORT, receiver) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         ref = block(11)
         started = time.monotonic()
@@ -178,7 +212,7 @@ async def test_two_tenants_same_address_each_signed_with_its_own_secret(
 ) -> None:
     acme_secret, (acme_wallet,) = await setup_tenant(stores, ACME, receiver.url, [ADDR_1])
     globex_secret, (globex_wallet,) = await setup_tenant(stores, GLOBEX, receiver.url, [ADDR_1])
-    async with delivering(stores, SHORT) as delivery:
+    async with delivering(stores, SHORT, receiver) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         await emitter.balances_changed(block(5), [usdc(ADDR_1, 0, 7)], snapshot_of(block(5)))
         await receiver.wait_until(lambda: len(receiver.received) == 2, timeout=5)
@@ -201,7 +235,7 @@ async def test_receiver_errors_for_a_while_then_all_arrive_in_order_per_wallet(
 ) -> None:
     secret, wallets = await setup_tenant(stores, ACME, receiver.url, [ADDR_1, ADDR_2], PATIENT)
     receiver.status = 500
-    async with delivering(stores, PATIENT, poll_interval_seconds=0.5) as delivery:
+    async with delivering(stores, PATIENT, receiver, poll_interval_seconds=0.5) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         started = time.monotonic()
         for n in range(1, 6):  # five blocks, each changing both wallets
@@ -237,7 +271,7 @@ async def test_receiver_not_listening_then_back(
 ) -> None:
     secret, _ = await setup_tenant(stores, ACME, receiver.url, [ADDR_1], PATIENT)
     await receiver.stop_listening()
-    async with delivering(stores, PATIENT, poll_interval_seconds=0.5) as delivery:
+    async with delivering(stores, PATIENT, receiver, poll_interval_seconds=0.5) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         for n in (1, 2, 3):
             await emitter.balances_changed(
@@ -264,9 +298,8 @@ async def test_after_the_last_retry_the_event_is_failed_then_replay_redelivers_i
     caplog.set_level(logging.DEBUG)
     secret, _ = await setup_tenant(stores, ACME, receiver.url, [ADDR_1])
     receiver.status = 500
-    management = WebhookManagement(stores.webhooks, SHORT)
-    async with delivering(stores, SHORT, poll_interval_seconds=0.5) as delivery:
-        management = WebhookManagement(stores.webhooks, SHORT, wake_delivery=delivery.wake)
+    async with delivering(stores, SHORT, receiver, poll_interval_seconds=0.5) as delivery:
+        management = managing(stores, SHORT, wake_delivery=delivery.wake)
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         await emitter.balances_changed(block(1), [usdc(ADDR_1, 0, 1)], snapshot_of(block(1)))
         (failed,) = await until_settled(stores)
@@ -312,7 +345,7 @@ async def test_cli_replay_requeues_and_a_running_worker_delivers(
     try:
         await setup_tenant(stores, ACME, receiver.url, [ADDR_1])
         await setup_tenant(stores, GLOBEX, receiver.url, [ADDR_2])
-        async with delivering(stores, SHORT, poll_interval_seconds=0.2) as delivery:
+        async with delivering(stores, SHORT, receiver, poll_interval_seconds=0.2) as delivery:
             emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
             await emitter.balances_changed(
                 block(1), [usdc(ADDR_1, 0, 1), usdc(ADDR_2, 0, 1)], snapshot_of(block(1))
@@ -352,7 +385,7 @@ async def test_redirects_are_not_followed_and_count_as_failures(
 ) -> None:
     await setup_tenant(stores, ACME, receiver.url, [ADDR_1])
     receiver.status = 302
-    async with delivering(stores, SHORT) as delivery:
+    async with delivering(stores, SHORT, receiver) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         await emitter.balances_changed(block(1), [usdc(ADDR_1, 0, 1)], snapshot_of(block(1)))
         (event,) = await until_settled(stores)
@@ -362,10 +395,10 @@ async def test_redirects_are_not_followed_and_count_as_failures(
 
 
 async def test_slow_receiver_times_out(stores: SqliteStores, receiver: WebhookReceiver) -> None:
-    settings = WebhookPolicy(("127.0.0.1",), timeout_seconds=0.2, retry_schedule_seconds=(0.1,))
+    settings = WebhookPolicy((), timeout_seconds=0.2, retry_schedule_seconds=(0.1,))
     await setup_tenant(stores, ACME, receiver.url, [ADDR_1], settings)
     receiver.delay = 1.0
-    async with delivering(stores, settings) as delivery:
+    async with delivering(stores, settings, receiver) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         started = time.monotonic()
         await emitter.balances_changed(block(1), [usdc(ADDR_1, 0, 1)], snapshot_of(block(1)))
@@ -381,7 +414,7 @@ async def test_http_url_no_longer_allowed_fails_without_sending(
 ) -> None:
     await setup_tenant(stores, ACME, receiver.url, [ADDR_1])
     stricter = WebhookPolicy((), timeout_seconds=1.0, retry_schedule_seconds=(0.1,))
-    async with delivering(stores, stricter) as delivery:
+    async with delivering(stores, stricter, None) as delivery:
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
         await emitter.balances_changed(block(1), [usdc(ADDR_1, 0, 1)], snapshot_of(block(1)))
         (event,) = await until_settled(stores)
@@ -393,9 +426,9 @@ async def test_http_url_no_longer_allowed_fails_without_sending(
 # ---------------------------------------------------------------- kill -9
 
 
-async def start_worker(db_path: Path) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.webhook_worker", str(db_path),
+async def start_worker(db_path: Path, receiver: WebhookReceiver) -> asyncio.subprocess.Process:
+    process = await children.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.webhook_worker", str(db_path), str(receiver.port),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -426,7 +459,7 @@ async def test_kill_9_with_events_pending_then_restart_delivers_all_with_stable_
         assert len(outbox) == 48
 
         receiver.delay = 0.15  # slow enough that sends are in flight when the worker dies
-        worker = await start_worker(db_path)
+        worker = await start_worker(db_path, receiver)
         try:
             await receiver.wait_until(lambda: len(receiver.received) >= 10, timeout=20)
         finally:
@@ -439,7 +472,7 @@ async def test_kill_9_with_events_pending_then_restart_delivers_all_with_stable_
         assert pending, "the kill came after everything was delivered"
 
         started = time.monotonic()
-        worker = await start_worker(db_path)
+        worker = await start_worker(db_path, receiver)
         try:
             events = await until_settled(stores, timeout=30)
         finally:
@@ -486,8 +519,9 @@ async def test_aclose_with_sends_in_flight_returns_promptly_and_keeps_them_pendi
     changes = [usdc(a, 0, 1) for a in (ADDR_1, ADDR_2, ADDR_3)]
     await emitter.balances_changed(block(1), changes, snapshot_of(block(1)))
     for _ in range(5):  # the race between cancelled sends waking the loop and its cancel
-        sender = HttpWebhookSender(SHORT)
-        delivery = WebhookDelivery(stores.webhooks, sender, SHORT)
+        policy = for_receiver(SHORT, receiver.url)
+        destinations, sender = parts(stores, policy)
+        delivery = WebhookDelivery(stores.webhooks, sender, policy, destinations=destinations)
         await delivery.start()
         arrived = receiver.arrived
         await receiver.wait_until(lambda n=arrived: receiver.arrived >= n + 3, timeout=5)  # type: ignore[misc]

@@ -38,6 +38,7 @@ from standardwebhooks import Webhook
 
 from balances.v1 import webhooks_pb2 as wpb
 from balances.v1 import webhooks_pb2_grpc
+from service import children
 from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import mine, transfer
 from service.devchain.rpc import rpc_call
@@ -56,12 +57,18 @@ POLL = 0.1  # [watch] poll_interval_seconds
 # still pending (9.5 s of tries), and after the restart no retry is more than 0.5 s off.
 RETRIES = (0.2, 0.3, *(0.5,) * 18)
 WATCH = WatchSettings(poll_interval_seconds=POLL)
-WEBHOOKS = WebhookSettings(
-    allow_http_hosts=("127.0.0.1",), timeout_seconds=5, retry_schedule_seconds=RETRIES
-)
 TRANSFERS = (10_000, 20_000, 30_000)  # USDC base units (6 decimals): 0.01, 0.02, 0.03
 PAIRS = [(SENDER.wallet_id, "USDC"), (SENDER.wallet_id, "POL"), (RECEIVER.wallet_id, "USDC")]
 HOLD = 2.0  # seconds the receiver holds the send that is in flight at the kill
+
+
+def webhooks(receiver: WebhookReceiver) -> WebhookSettings:
+    """Short retries; the test's receiver as the development receiver."""
+    return WebhookSettings(
+        allow_http_hosts=(f"127.0.0.1:{receiver.port}",),
+        timeout_seconds=5,
+        retry_schedule_seconds=RETRIES,
+    )
 
 
 @dataclass
@@ -79,7 +86,7 @@ class Served:
 
 
 async def start_serving(config_path: Path) -> Served:
-    process = await asyncio.create_subprocess_exec(
+    process = await children.create_subprocess_exec(
         str(BALANCES), "serve", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, start_new_session=True,
@@ -156,7 +163,11 @@ async def wait_for_outbox(db_path: Path, count: int, timeout: float = 10) -> lis
 
 def pinned_reads(proxy: CountingProxy) -> set[int]:
     """The blocks the follower's snapshot reads (eth_call) were pinned to."""
-    return {int(params[1], 16) for params in proxy.calls("eth_call") if len(params) > 1}
+    return {
+        int(params[1], 16)
+        for params in proxy.calls("eth_call")
+        if len(params) > 1 and str(params[1]).startswith("0x")  # not start-up checks at "latest"
+    }
 
 
 def data_of(received: Received) -> dict[str, Any]:
@@ -185,7 +196,7 @@ async def test_kill_9_with_webhook_events_pending_then_restart_delivers_each_und
             {"polygon": [proxy.url]},
             network_changes={"polygon": {"confirmations": 0}},
             watch=WATCH,
-            webhooks=WEBHOOKS,
+            webhooks=webhooks(receiver),
         )
         db_path = config.settings.directory_path
         stack.push_async_callback(kill_leftovers)  # runs before the proxy and receiver close

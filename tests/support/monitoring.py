@@ -13,17 +13,24 @@ from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import deploy_rebasing_token, mint_shares
 from service.devchain.world import POLYGON, DemoWallet, DemoWorld, deploy_network, fund_wallets
 from service.settings import WatchSettings, WebhookSettings
-from tests.support.webhook_receiver import Received
+from tests.support.webhook_receiver import Received, WebhookReceiver
 
 POLL = 0.1  # the followers' poll interval
 RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)  # [webhooks] retry_schedule_seconds: 3.1 s in all
-WEBHOOK_SETTINGS: dict[str, Any] = {  # fields of Settings
-    "watch": WatchSettings(poll_interval_seconds=POLL),
-    "webhooks": WebhookSettings(
-        allow_http_hosts=("127.0.0.1",), timeout_seconds=2, retry_schedule_seconds=RETRIES
-    ),
-}
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+
+def webhook_settings(*receivers: WebhookReceiver) -> dict[str, Any]:
+    """Fields of Settings: followers polling, webhooks retrying fast, and ``receivers``
+    (started first: their ports go into the config) as the development receivers."""
+    return {
+        "watch": WatchSettings(poll_interval_seconds=POLL),
+        "webhooks": WebhookSettings(
+            allow_http_hosts=tuple(f"127.0.0.1:{r.port}" for r in receivers),
+            timeout_seconds=2,
+            retry_schedule_seconds=RETRIES,
+        ),
+    }
 
 
 def holder(n: int) -> str:

@@ -1,4 +1,10 @@
-"""Child processes: running a tool from an async test, and watching a ``balances serve`` one."""
+"""Child processes: running a tool from an async test, watching a ``balances serve`` one,
+and finding what a process left behind.
+
+Tests start processes through ``service.children`` (a drop-in for
+``asyncio.create_subprocess_exec`` and ``subprocess.Popen``): they die with the
+test run however it ends.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import asyncio
 import re
 from collections.abc import Mapping
 from pathlib import Path
+
+from service import children
 
 
 async def run_tool(
@@ -15,7 +23,7 @@ async def run_tool(
     env: Mapping[str, str] | None = None,
 ) -> tuple[int, str, str]:
     """(exit code, stdout, stderr); the process is killed if it outlives ``timeout``."""
-    process = await asyncio.create_subprocess_exec(
+    process = await children.create_subprocess_exec(
         *command,
         cwd=cwd,
         env=dict(env) if env is not None else None,
@@ -51,6 +59,43 @@ def processes_in_group(pgid: int) -> list[int]:
         if int(pgrp) == pgid and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes started with ``name=value`` in their environment (from /proc).
+
+    Children inherit the environment and keep it when re-parented, so a marker
+    set for one process finds everything it started, even orphans.
+    """
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # gone, or not ours to read
+            continue
+        if wanted in environment and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler installed for ``sig`` (SigCgt in /proc/PID/status)."""
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    raise AssertionError(f"no SigCgt for process {pid}")
+
+
+def command_line(pid: int) -> str:
+    """The process's command line, for messages (empty once it is gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 async def read_stderr_until_serving(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +23,8 @@ class CountingProxy:
     (a misbehaving node); ``delay`` holds each request that many seconds first
     (requests still held when the proxy closes are answered 503 at once).
     ``payloads`` keeps every request body as decoded JSON (a dict, or a list for a
-    batch), so tests can check which block each call was pinned to.
+    batch), so tests can check which block each call was pinned to.  Subclasses
+    decide the answer in ``_respond`` (``tests.support.fault_proxy.FaultProxy``).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -34,19 +35,21 @@ class CountingProxy:
         self.delay = 0.0
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.port = 0
         self.url = ""
 
-    async def __aenter__(self) -> CountingProxy:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await self._site.start()
+        self.port = self._runner.addresses[0][1]
         # The path stands for a provider key: it must never appear in errors or logs.
-        self.url = f"http://127.0.0.1:{port}/v3/SECRET-PROVIDER-KEY"
+        self.url = f"http://127.0.0.1:{self.port}/v3/SECRET-PROVIDER-KEY"
         self._session = aiohttp.ClientSession()
         return self
 
@@ -66,7 +69,7 @@ class CountingProxy:
         items = [i for p in self.payloads for i in (p if isinstance(p, list) else [p])]
         return [i.get("params", []) for i in items if i.get("method") == method]
 
-    async def _forward(self, request: web.Request) -> web.Response:
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         payload: Any = json.loads(body)
         self.payloads.append(payload)
@@ -77,17 +80,24 @@ class CountingProxy:
                 await asyncio.wait_for(self._closing.wait(), self.delay)
             if self._closing.is_set():
                 return web.Response(status=503, text="proxy closing")
+        return await self._respond(request, body, payload)
+
+    async def _respond(self, request: web.Request, body: bytes, payload: Any) -> web.StreamResponse:
+        """The answer to one request (after counting and ``delay``)."""
         if self.fail_with is not None:
             return web.Response(status=self.fail_with, text="node unavailable")
+        status, answer = await self._upstream(body)
+        if status == 502:
+            return web.Response(status=502, text="upstream unavailable")
+        return web.Response(status=status, body=answer, content_type="application/json")
+
+    async def _upstream(self, body: bytes) -> tuple[int, bytes]:
+        """The node's HTTP status and body for ``body``; 502 when it cannot be reached."""
         assert self._session is not None
         try:
             async with self._session.post(
                 self.upstream, data=body, headers={"Content-Type": "application/json"}
             ) as upstream:
-                return web.Response(
-                    status=upstream.status,
-                    body=await upstream.read(),
-                    content_type="application/json",
-                )
+                return upstream.status, await upstream.read()
         except aiohttp.ClientError:  # the node is down: answer as a gateway would
-            return web.Response(status=502, text="upstream unavailable")
+            return 502, b""

@@ -7,7 +7,13 @@ import pytest
 
 from service.api.services import API_SERVICES
 from service.api.status import status_for
-from service.errors import BalancesError, ChainUnavailable, CustomerNotFound, WalletNotFound
+from service.errors import (
+    BalancesError,
+    ChainUnavailable,
+    CustomerNotFound,
+    RateLimited,
+    WalletNotFound,
+)
 from service.gateway.http_status import http_status_from_code
 from service.gateway.openapi import openapi_document
 from service.gateway.routes import routes_of
@@ -26,6 +32,7 @@ def _instance(kind: type[BalancesError]) -> BalancesError:
         WalletNotFound: WalletNotFound("wal_x"),
         CustomerNotFound: CustomerNotFound("cus_x"),
         ChainUnavailable: ChainUnavailable("polygon", "down"),
+        RateLimited: RateLimited("key over its rate", retry_after=1.5),
     }
     if kind in samples:
         return samples[kind]

@@ -75,6 +75,36 @@ def test_defaults_live_in_the_types() -> None:
         (lambda: RestLimits(max_body_bytes=0), "max_body_bytes", "between 1 and 67108864"),
         (lambda: RestLimits(default_timeout_seconds=-1), "default_timeout_seconds", "positive"),
         (lambda: WebhookSettings(timeout_seconds=11), "timeout_seconds", "at most 10"),
+        # Development receivers are host:port, never a bare host or another port form.
+        (lambda: WebhookSettings(allow_http_hosts=("127.0.0.1",)), "allow_http_hosts[0]", "PORT"),
+        (lambda: WebhookSettings(allow_http_hosts=("h:0",)), "allow_http_hosts[0]", "1 to 65535"),
+        (lambda: WebhookSettings(allow_http_hosts=("127.1:80",)), "allow_http_hosts[0]", "IPv4"),
+        (lambda: WebhookSettings(allow_http_hosts=("[::1:80",)), "allow_http_hosts[0]", "host"),
+        (lambda: WebhookSettings(allow_http_hosts=("a/b:80",)), "allow_http_hosts[0]", "host"),
+        (
+            lambda: WebhookSettings(allow_http_hosts=("[::ffff:7f00:1]:80",)),
+            "allow_http_hosts[0]",
+            "canonical",
+        ),
+        # ... and never one of the service's own ports.
+        (
+            lambda: Settings(
+                networks=(network(),),
+                listen="0.0.0.0:50051",
+                webhooks=WebhookSettings(allow_http_hosts=("localhost:50051",)),
+            ),
+            "webhooks.allow_http_hosts[0]",
+            "own ports",
+        ),
+        (
+            lambda: Settings(
+                networks=(network(),),
+                rest=RestSettings(listen="127.0.0.1:8080"),
+                webhooks=WebhookSettings(allow_http_hosts=("127.0.0.1:9", "[::1]:8080")),
+            ),
+            "webhooks.allow_http_hosts[1]",
+            "own ports",
+        ),
         (lambda: PriceSettings(), "", "either peg"),
         (lambda: PriceSettings(peg="0"), "peg", "positive"),
         (
@@ -93,7 +123,9 @@ def test_rules_live_in_the_types(build: object, key: str, reason: str) -> None:
 
 def test_types_store_canonical_values() -> None:
     assert network(multicall3=CANONICAL_MULTICALL3.lower()).multicall3 == CANONICAL_MULTICALL3
-    assert WebhookSettings(allow_http_hosts=("LocalHost",)).allow_http_hosts == ("localhost",)
+    assert WebhookSettings(allow_http_hosts=("LocalHost:8099",)).allow_http_hosts == (
+        "localhost:8099",
+    )
     assert Settings(networks=(network(),), grace_period_seconds=3).grace_period_seconds == 3.0
     token = TokenSettings(
         symbol="USDC", decimals=6, address=USDC.lower(), price=PriceSettings(peg="1")
@@ -109,7 +141,9 @@ def test_rendered_settings_load_back_equal(tmp_path: Path) -> None:
         directory_path=tmp_path / "db.sqlite3",
         cache_ttl_seconds=45,
         watch=WatchSettings(poll_interval_seconds=0.5),
-        webhooks=WebhookSettings(allow_http_hosts=("127.0.0.1",), retry_schedule_seconds=(0.1,)),
+        webhooks=WebhookSettings(
+            allow_http_hosts=("127.0.0.1:8099", "[::1]:8099"), retry_schedule_seconds=(0.1,)
+        ),
     )
     text = render_settings(settings, comment="a test")
     assert text.startswith("# a test\n")

@@ -14,12 +14,14 @@ from service.domain import WebhookPolicy
 from service.records import DueWebhookEvent
 from service.webhooks.delivery import WebhookDelivery
 from service.webhooks.signing import new_secret
+from tests.support.resolvers import destinations
 
 aio = pytest.mark.asyncio(loop_scope="session")
 
 POLICY = WebhookPolicy(
     allow_http_hosts=(), timeout_seconds=1.0, retry_schedule_seconds=(0.01, 0.01)
 )
+RULES = destinations(POLICY)
 
 
 @dataclass
@@ -122,7 +124,7 @@ async def test_a_signing_failure_is_a_failed_attempt_not_a_recording_failure(
     caplog.set_level(logging.INFO, logger="service.webhooks")
     outbox = Outbox([event("not-a-webhook-secret")])
     sender = Sender()
-    delivery = WebhookDelivery(outbox, sender, POLICY)
+    delivery = WebhookDelivery(outbox, sender, POLICY, destinations=RULES)
     await delivery.start()
     try:
         await until(lambda: outbox.status.get("evt_1") == "failed")
@@ -139,7 +141,7 @@ async def test_a_signing_failure_is_a_failed_attempt_not_a_recording_failure(
 async def test_a_sender_that_raises_is_a_failed_attempt() -> None:
     outbox = Outbox([event(new_secret())])
     sender = Sender(error=RuntimeError("https://hooks.example.com/in?token=x"))
-    delivery = WebhookDelivery(outbox, sender, POLICY)
+    delivery = WebhookDelivery(outbox, sender, POLICY, destinations=RULES)
     await delivery.start()
     try:
         await until(lambda: outbox.status.get("evt_1") == "failed")
@@ -155,7 +157,9 @@ async def test_only_a_store_failure_is_recording_failed_and_counts_no_attempt(
 ) -> None:
     outbox = Outbox([event(new_secret())], fail_writes=True)
     sender = Sender()
-    delivery = WebhookDelivery(outbox, sender, POLICY, poll_interval_seconds=0.05)
+    delivery = WebhookDelivery(
+        outbox, sender, POLICY, destinations=RULES, poll_interval_seconds=0.05
+    )
     await delivery.start()
     try:
         await until(lambda: len(sender.sent) >= 2)  # tried again after the poll interval
@@ -170,7 +174,7 @@ async def test_only_a_store_failure_is_recording_failed_and_counts_no_attempt(
 @aio
 async def test_start_and_aclose_are_idempotent() -> None:
     outbox = Outbox([])
-    delivery = WebhookDelivery(outbox, Sender(), POLICY)
+    delivery = WebhookDelivery(outbox, Sender(), POLICY, destinations=RULES)
     await delivery.aclose()
     await delivery.start()
     await delivery.start()

@@ -30,7 +30,7 @@ from service.store.sqlite.migrations import MIGRATIONS, schema_version
 from service.webhooks.emitter import WebhookEmitter
 from service.webhooks.manage import WebhookManagement
 from service.webhooks.signing import new_secret, signature, signed_headers
-from service.webhooks.urls import check_webhook_url
+from tests.support.resolvers import destinations
 from tests.support.webhook_values import (
     ACME,
     ADDR_1,
@@ -48,8 +48,9 @@ aio = pytest.mark.asyncio(loop_scope="session")
 T = TypeVar("T")
 
 SETTINGS = WebhookPolicy(
-    allow_http_hosts=("127.0.0.1",), timeout_seconds=2.0, retry_schedule_seconds=(0.1, 0.2)
+    allow_http_hosts=("127.0.0.1:9000",), timeout_seconds=2.0, retry_schedule_seconds=(0.1, 0.2)
 )
+RULES = destinations(SETTINGS)  # names under example.com resolve to a public address
 SECRET_RE = re.compile(r"whsec_[A-Za-z0-9+/]{43}=")
 
 
@@ -127,12 +128,11 @@ def test_signature_matches_the_specs_published_example() -> None:
         "https://hooks.example.com/in",
         "https://hooks.example.com:8443/in?x=1",
         "HTTPS://Hooks.Example.com/in",
-        "http://127.0.0.1:9000/hook",
-        "http://127.0.0.1/hook",
+        "http://127.0.0.1:9000/hook",  # the development receiver
     ],
 )
 def test_allowed_urls(url: str) -> None:
-    assert check_webhook_url(url, ("127.0.0.1",)) == url
+    RULES.check_url(url)
 
 
 @pytest.mark.parametrize(
@@ -140,13 +140,15 @@ def test_allowed_urls(url: str) -> None:
     [
         ("", "empty"),
         ("http://hooks.example.com/in", "must use https"),
-        ("http://localhost:9000/hook", "must use https"),
+        ("http://localhost:9000/hook", "must use https"),  # 127.0.0.1:9000 is allowed
+        ("http://127.0.0.1/hook", "must use https"),  # another port of that host
+        ("http://127.0.0.1:9001/hook", "must use https"),
         ("ftp://hooks.example.com/in", "must use https"),
         ("hooks.example.com/in", "must use https"),
         ("https:///in", "no host"),
         ("https://user:pw@hooks.example.com/in", "user name or password"),
         ("https://user@hooks.example.com/in", "user name or password"),
-        ("http://x@127.0.0.1/hook", "user name or password"),
+        ("http://x@127.0.0.1:9000/hook", "user name or password"),
         ("https://hooks.example.com/in#frag", "fragment"),
         ("https://hooks.example.com:99999/in", "malformed"),
         ("https://hooks.example.com/a b", "printable ASCII"),
@@ -156,7 +158,7 @@ def test_allowed_urls(url: str) -> None:
 )
 def test_refused_urls(url: str, reason: str) -> None:
     with pytest.raises(InvalidArgument, match=reason) as caught:
-        check_webhook_url(url, ("127.0.0.1",))
+        RULES.check_url(url)
     if len(url) > 12:
         assert url not in str(caught.value)
 
@@ -180,7 +182,7 @@ async def test_migrations_add_webhook_and_follower_tables(
 
 @aio
 async def test_secret_is_shown_on_create_and_rotate_only(stores: SqliteStores) -> None:
-    management = WebhookManagement(stores.webhooks, SETTINGS)
+    management = WebhookManagement(stores.webhooks, RULES)
     with pytest.raises(NotFound, match="no webhook is configured"):
         await management.get_config(ACME)
     with pytest.raises(InvalidArgument, match="url is required"):
@@ -212,7 +214,7 @@ async def test_secret_is_shown_on_create_and_rotate_only(stores: SqliteStores) -
 
 @aio
 async def test_bad_config_input_is_invalid_argument(stores: SqliteStores) -> None:
-    management = WebhookManagement(stores.webhooks, SETTINGS)
+    management = WebhookManagement(stores.webhooks, RULES)
     with pytest.raises(InvalidArgument, match=r"unknown event type 'balance\.deleted'"):
         await management.update_config(ACME, "https://a.example.com/h", ["balance.deleted"], False)
     with pytest.raises(InvalidArgument, match="must use https"):
@@ -228,7 +230,7 @@ async def test_bad_config_input_is_invalid_argument(stores: SqliteStores) -> Non
 
 @aio
 async def test_servicer_shows_secret_once_and_never_on_get(stores: SqliteStores) -> None:
-    servicer = WebhooksServicer(WebhookManagement(stores.webhooks, SETTINGS))
+    servicer = WebhooksServicer(WebhookManagement(stores.webhooks, RULES))
     context: Any = None  # the servicer does not use its context
     created = await as_tenant(
         ACME,
@@ -302,7 +304,7 @@ async def register(wallets: SqliteWalletStore, tenant: str, customer: str, addre
 async def test_watched_addresses_are_the_subscribed_tenants_wallets(
     stores: SqliteStores,
 ) -> None:
-    management = WebhookManagement(stores.webhooks, SETTINGS)
+    management = WebhookManagement(stores.webhooks, RULES)
     emitter = WebhookEmitter(stores.webhooks)
     await register(stores.wallets, ACME, "cus_a", ADDR_1)
     await register(stores.wallets, ACME, "cus_a", ADDR_2)
@@ -321,7 +323,7 @@ async def test_watched_addresses_are_the_subscribed_tenants_wallets(
 async def test_one_event_per_wallet_and_currency_with_exact_fields(
     stores: SqliteStores,
 ) -> None:
-    management = WebhookManagement(stores.webhooks, SETTINGS)
+    management = WebhookManagement(stores.webhooks, RULES)
     woken: list[int] = []
     created_at = datetime(2024, 1, 15, 10, 30, 0, 123000, tzinfo=UTC)
     emitter = WebhookEmitter(
@@ -390,7 +392,7 @@ async def test_one_event_per_wallet_and_currency_with_exact_fields(
 async def test_two_tenants_with_the_same_address_both_get_events(
     stores: SqliteStores,
 ) -> None:
-    management = WebhookManagement(stores.webhooks, SETTINGS)
+    management = WebhookManagement(stores.webhooks, RULES)
     emitter = WebhookEmitter(stores.webhooks)
     acme_wallet = await register(stores.wallets, ACME, "cus_a", ADDR_1)
     globex_wallet = await register(stores.wallets, GLOBEX, "cus_g", ADDR_1)
@@ -412,7 +414,7 @@ async def test_two_tenants_with_the_same_address_both_get_events(
 
 @aio
 async def test_due_events_are_per_wallet_heads_in_order(stores: SqliteStores) -> None:
-    management = WebhookManagement(stores.webhooks, SETTINGS)
+    management = WebhookManagement(stores.webhooks, RULES)
     emitter = WebhookEmitter(stores.webhooks)
     one = await register(stores.wallets, ACME, "cus_a", ADDR_1)
     two = await register(stores.wallets, ACME, "cus_a", ADDR_2)

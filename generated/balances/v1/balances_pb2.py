@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61lances/v1/balances.proto\x12\x0b\x62\x61lances.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x17GetWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xb3\x01\n\x18GetWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\"B\n\x0cTokenBalance\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x03 \x01(\r\"1\n\x1aGetCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x8b\x01\n\x1bGetCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12,\n\x07wallets\x18\x03 \x03(\x0b\x32\x1b.balances.v1.CustomerWallet\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xba\x01\n\x0e\x43ustomerWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\".\n\x19WatchWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xa2\x02\n\x1aWatchWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\nblock_hash\x18\x06 \x01(\t\x12+\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x19\n\x11\x63oalesced_updates\x18\x08 \x01(\r\x12\x0f\n\x07initial\x18\t \x01(\x08\"\\\n\rBalanceChange\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x17\n\x0fprevious_amount\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x04 \x01(\r\"3\n\x1cWatchCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xb8\x01\n\x1dWatchCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12+\n\x07wallets\x18\x03 \x03(\x0b\x32\x1a.balances.v1.WatchedWallet\x12\x19\n\x11\x63oalesced_updates\x18\x04 \x01(\r\x12\x0f\n\x07initial\x18\x05 \x01(\x08\"\xfa\x01\n\rWatchedWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\nblock_hash\x18\x07 \x01(\t\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.balances.v1.BalanceChange2\xf5\x04\n\x0f\x42\x61lancesService\x12\x88\x01\n\x10GetWalletBalance\x12$.balances.v1.GetWalletBalanceRequest\x1a%.balances.v1.GetWalletBalanceResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/wallets/{wallet_id}/balance\x12\x96\x01\n\x13GetCustomerBalances\x12\'.balances.v1.GetCustomerBalancesRequest\x1a(.balances.v1.GetCustomerBalancesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/balances\x12\x96\x01\n\x12WatchWalletBalance\x12&.balances.v1.WatchWalletBalanceRequest\x1a\'.balances.v1.WatchWalletBalanceResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/wallets/{wallet_id}/balance:watch0\x01\x12\xa4\x01\n\x15WatchCustomerBalances\x12).balances.v1.WatchCustomerBalancesRequest\x1a*.balances.v1.WatchCustomerBalancesResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/customers/{customer_id}/balances:watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61lances/v1/balances.proto\x12\x0b\x62\x61lances.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x17GetWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xd1\x01\n\x18GetWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\x05stale\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\"B\n\x0cTokenBalance\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x03 \x01(\r\"1\n\x1aGetCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x8b\x01\n\x1bGetCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12,\n\x07wallets\x18\x03 \x03(\x0b\x32\x1b.balances.v1.CustomerWallet\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xd8\x01\n\x0e\x43ustomerWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\".\n\x19WatchWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xc0\x02\n\x1aWatchWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\nblock_hash\x18\x06 \x01(\t\x12+\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x19\n\x11\x63oalesced_updates\x18\x08 \x01(\r\x12\x0f\n\x07initial\x18\t \x01(\x08\x12\x12\n\x05stale\x18\n \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\"\\\n\rBalanceChange\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x17\n\x0fprevious_amount\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x04 \x01(\r\"3\n\x1cWatchCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xb8\x01\n\x1dWatchCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12+\n\x07wallets\x18\x03 \x03(\x0b\x32\x1a.balances.v1.WatchedWallet\x12\x19\n\x11\x63oalesced_updates\x18\x04 \x01(\r\x12\x0f\n\x07initial\x18\x05 \x01(\x08\"\x98\x02\n\rWatchedWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\nblock_hash\x18\x07 \x01(\t\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x12\n\x05stale\x18\t \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale2\xf5\x04\n\x0f\x42\x61lancesService\x12\x88\x01\n\x10GetWalletBalance\x12$.balances.v1.GetWalletBalanceRequest\x1a%.balances.v1.GetWalletBalanceResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/wallets/{wallet_id}/balance\x12\x96\x01\n\x13GetCustomerBalances\x12\'.balances.v1.GetCustomerBalancesRequest\x1a(.balances.v1.GetCustomerBalancesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/balances\x12\x96\x01\n\x12WatchWalletBalance\x12&.balances.v1.WatchWalletBalanceRequest\x1a\'.balances.v1.WatchWalletBalanceResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/wallets/{wallet_id}/balance:watch0\x01\x12\xa4\x01\n\x15WatchCustomerBalances\x12).balances.v1.WatchCustomerBalancesRequest\x1a*.balances.v1.WatchCustomerBalancesResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/customers/{customer_id}/balances:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,29 +44,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETWALLETBALANCEREQUEST']._serialized_start=106
   _globals['_GETWALLETBALANCEREQUEST']._serialized_end=150
   _globals['_GETWALLETBALANCERESPONSE']._serialized_start=153
-  _globals['_GETWALLETBALANCERESPONSE']._serialized_end=332
-  _globals['_TOKENBALANCE']._serialized_start=334
-  _globals['_TOKENBALANCE']._serialized_end=400
-  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_start=402
-  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_end=451
-  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_start=454
-  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_end=593
-  _globals['_MONEY']._serialized_start=595
-  _globals['_MONEY']._serialized_end=636
-  _globals['_CUSTOMERWALLET']._serialized_start=639
-  _globals['_CUSTOMERWALLET']._serialized_end=825
-  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_start=827
-  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_end=873
-  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_start=876
-  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_end=1166
-  _globals['_BALANCECHANGE']._serialized_start=1168
-  _globals['_BALANCECHANGE']._serialized_end=1260
-  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_start=1262
-  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_end=1313
-  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_start=1316
-  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_end=1500
-  _globals['_WATCHEDWALLET']._serialized_start=1503
-  _globals['_WATCHEDWALLET']._serialized_end=1753
-  _globals['_BALANCESSERVICE']._serialized_start=1756
-  _globals['_BALANCESSERVICE']._serialized_end=2385
+  _globals['_GETWALLETBALANCERESPONSE']._serialized_end=362
+  _globals['_TOKENBALANCE']._serialized_start=364
+  _globals['_TOKENBALANCE']._serialized_end=430
+  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_start=432
+  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_end=481
+  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_start=484
+  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_end=623
+  _globals['_MONEY']._serialized_start=625
+  _globals['_MONEY']._serialized_end=666
+  _globals['_CUSTOMERWALLET']._serialized_start=669
+  _globals['_CUSTOMERWALLET']._serialized_end=885
+  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_start=887
+  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_end=933
+  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_start=936
+  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_end=1256
+  _globals['_BALANCECHANGE']._serialized_start=1258
+  _globals['_BALANCECHANGE']._serialized_end=1350
+  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_start=1352
+  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_end=1403
+  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_start=1406
+  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_end=1590
+  _globals['_WATCHEDWALLET']._serialized_start=1593
+  _globals['_WATCHEDWALLET']._serialized_end=1873
+  _globals['_BALANCESSERVICE']._serialized_start=1876
+  _globals['_BALANCESSERVICE']._serialized_end=2505
 # @@protoc_insertion_point(module_scope)

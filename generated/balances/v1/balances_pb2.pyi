@@ -52,12 +52,19 @@ class GetWalletBalanceResponse(_message.Message):
     BALANCES_FIELD_NUMBER: _builtins.int
     LAST_UPDATED_FIELD_NUMBER: _builtins.int
     BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID, as asked for."""
     network: _builtins.str
     """The network the wallet lives on, as named in the service's configuration (e.g. "polygon")."""
     block_number: _builtins.int
     """The number of the block the balances were read at."""
+    stale: _builtins.bool
+    """True when every provider of the network failed and these balances are the
+    last good read (stale-if-error), at most the network's max_stale_seconds
+    old; block_number and last_updated tell its age. Unset (false) on a fresh
+    read, and then absent from JSON.
+    """
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
         """One entry per currency configured for the network, zero balances included."""
@@ -74,12 +81,15 @@ class GetWalletBalanceResponse(_message.Message):
         balances: _abc.Iterable[Global___TokenBalance] | None = ...,
         last_updated: _timestamp_pb2.Timestamp | None = ...,
         block_number: _builtins.int = ...,
+        stale: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated", b"last_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "last_updated", b"last_updated", "stale", b"stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "block_number", b"block_number", "last_updated", b"last_updated", "network", b"network", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "balances", b"balances", "block_number", b"block_number", "last_updated", b"last_updated", "network", b"network", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
+    _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
 
 Global___GetWalletBalanceResponse: _TypeAlias = GetWalletBalanceResponse  # noqa: Y015
 
@@ -207,6 +217,7 @@ class CustomerWallet(_message.Message):
     BALANCES_FIELD_NUMBER: _builtins.int
     LAST_UPDATED_FIELD_NUMBER: _builtins.int
     BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID."""
     network: _builtins.str
@@ -216,6 +227,12 @@ class CustomerWallet(_message.Message):
     block_number: _builtins.int
     """The number of the block this wallet's balances were read at; the same for
     every wallet of the customer on one network.
+    """
+    stale: _builtins.bool
+    """True when every provider of the network failed and these balances are the
+    last good read (stale-if-error), at most the network's max_stale_seconds
+    old; block_number and last_updated tell its age. Unset (false) on a fresh
+    read, and then absent from JSON.
     """
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
@@ -234,12 +251,15 @@ class CustomerWallet(_message.Message):
         balances: _abc.Iterable[Global___TokenBalance] | None = ...,
         last_updated: _timestamp_pb2.Timestamp | None = ...,
         block_number: _builtins.int = ...,
+        stale: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated", b"last_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "last_updated", b"last_updated", "stale", b"stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "balances", b"balances", "block_number", b"block_number", "last_updated", b"last_updated", "network", b"network", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "address", b"address", "balances", b"balances", "block_number", b"block_number", "last_updated", b"last_updated", "network", b"network", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
+    _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
 
 Global___CustomerWallet: _TypeAlias = CustomerWallet  # noqa: Y015
 
@@ -282,6 +302,7 @@ class WatchWalletBalanceResponse(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     COALESCED_UPDATES_FIELD_NUMBER: _builtins.int
     INITIAL_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID, as asked for."""
     network: _builtins.str
@@ -298,6 +319,13 @@ class WatchWalletBalanceResponse(_message.Message):
     """
     initial: _builtins.bool
     """True on the first message only: the current balance when the watch began."""
+    stale: _builtins.bool
+    """True when every provider of the network failed and these balances are the
+    last good read (stale-if-error), at most the network's max_stale_seconds
+    old; block_number and last_updated tell its age. Only ever on the first
+    message (later ones are fresh reads); unset (false) otherwise, and then
+    absent from JSON.
+    """
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
         """Every configured currency after this update, all read at one block."""
@@ -324,12 +352,15 @@ class WatchWalletBalanceResponse(_message.Message):
         changes: _abc.Iterable[Global___BalanceChange] | None = ...,
         coalesced_updates: _builtins.int = ...,
         initial: _builtins.bool = ...,
+        stale: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated", b"last_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "last_updated", b"last_updated", "stale", b"stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "coalesced_updates", b"coalesced_updates", "initial", b"initial", "last_updated", b"last_updated", "network", b"network", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "coalesced_updates", b"coalesced_updates", "initial", b"initial", "last_updated", b"last_updated", "network", b"network", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
+    _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
 
 Global___WatchWalletBalanceResponse: _TypeAlias = WatchWalletBalanceResponse  # noqa: Y015
 
@@ -451,6 +482,7 @@ class WatchedWallet(_message.Message):
     BLOCK_NUMBER_FIELD_NUMBER: _builtins.int
     BLOCK_HASH_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID."""
     network: _builtins.str
@@ -461,6 +493,13 @@ class WatchedWallet(_message.Message):
     """The number of the block the balances were read at."""
     block_hash: _builtins.str
     """The 0x-prefixed hash of that block; empty on the first message."""
+    stale: _builtins.bool
+    """True when every provider of the network failed and these balances are the
+    last good read (stale-if-error), at most the network's max_stale_seconds
+    old; block_number and last_updated tell its age. Only ever on the first
+    message (later ones are fresh reads); unset (false) otherwise, and then
+    absent from JSON.
+    """
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
         """Every configured currency after this update, all read at one block."""
@@ -486,11 +525,14 @@ class WatchedWallet(_message.Message):
         block_number: _builtins.int = ...,
         block_hash: _builtins.str = ...,
         changes: _abc.Iterable[Global___BalanceChange] | None = ...,
+        stale: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_updated", b"last_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "last_updated", b"last_updated", "stale", b"stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "last_updated", b"last_updated", "network", b"network", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "address", b"address", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "last_updated", b"last_updated", "network", b"network", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
+    _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
 
 Global___WatchedWallet: _TypeAlias = WatchedWallet  # noqa: Y015

@@ -1,0 +1,556 @@
+"""The JSON-RPC providers of one network: every outcome classified, ranked, rested, hedged.
+
+Other people's nodes rate-limit, stall, lag and return garbage.  Here:
+
+* **Classification.**  A transport error, a timeout, HTTP 429 or any other
+  non-200, a body that is not JSON, and a JSON-RPC error that means "this
+  provider cannot answer now" (rate limits such as ``-32005``, pruned-state
+  errors such as "header not found" or "missing trie node", internal errors)
+  are a ``ProviderFault``: the next provider is asked.  A revert or an
+  invalid-params error is an answer (``RpcError``) and is not retried: every
+  provider would give it.  An operation that finds a result malformed raises
+  ``ProviderFault`` itself.
+* **Ranking.**  Providers that are not resting are tried in configured order,
+  except that one much slower than the fastest (its latency, a moving average,
+  above twice the fastest plus 50 ms) goes after the others.  A latency older
+  than ``recovery_seconds`` no longer counts, so a demoted provider is asked
+  first again after that long.  Configured order wins otherwise, so traffic
+  returns to the first URL once it is healthy.
+* **Resting.**  A fault rests a provider for 0.5 s, doubling with each further
+  consecutive fault up to ``recovery_seconds``; HTTP 429/503 with
+  ``Retry-After`` rests it that long (capped).  When the rest is over, one
+  request at a time probes it; a success ends the fault streak.  So a
+  recovered provider has traffic back within ``recovery_seconds``.  Resting
+  providers are still asked after every other one has failed (soonest rest end
+  first), except one that asked to wait with ``Retry-After``: better to ask
+  early than to fail.
+* **Hedging.**  When the provider asked has not answered within the hedge
+  delay (three times its average latency, at least ``hedge_floor_seconds``),
+  the same operation is sent to the next provider too; the first good answer
+  wins and the others are cancelled.  ``hedges`` counts them.  A provider
+  still silent past its hedge delay when another answered (or the deadline
+  passed) has a fault: a stalled provider rests and is probed like any other.
+* **Lag.**  Operations report the head they saw (``Endpoint.note_head``); a
+  provider more than ``max_lag_blocks`` behind the best head seen on the
+  network is a fault.
+* **Cross-checks.**  ``run(..., exclude=...)`` asks the others than some
+  providers (the chosen provider's answer checked by others, see
+  ``service.chain.cross_check``), ``demote`` rests a provider found wrong, and
+  ``disagreements`` counts the checks that found providers disagreeing.  A
+  ``ProviderFault`` with ``rest=False`` moves a read on without resting the
+  provider (it answered; its answer could not be confirmed).
+
+Everything runs inside the caller's deadline.  Messages name the network and a
+provider by position, never a URL (URLs often carry provider keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import aiohttp
+
+from service.errors import ChainUnavailable
+from service.redact import redact_url
+
+__all__ = ["Endpoint", "ProviderFault", "ProviderPolicy", "ProviderPool", "RpcError"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MAX_BODY_BYTES = 64 << 20  # a multicall answer for thousands of holders is a few MB
+_FIRST_REST = 0.5
+_EWMA = 0.3  # weight of a new latency sample
+_SLOW_FACTOR, _SLOW_MARGIN = 2.0, 0.05
+_HEDGE_FACTOR = 3.0
+# JSON-RPC error codes that say "not now, not here" rather than "no".
+_FAULT_CODES = frozenset({-32005, -32603, -32601, -32002, -32001, 429})
+# -32000 is a catch-all (and some nodes say -32602 for a block they lack): these texts
+# mark a provider's own trouble.
+_FAULT_TEXTS = (
+    "header not found",
+    "unknown block",  # a node behind the requested block: another may have it
+    "block not found",
+    "blockoutofrange",  # anvil: -32602 "BlockOutOfRangeError: block height is ..."
+    "block out of range",
+    "missing trie node",
+    "state not available",
+    "pruned",
+    "rate limit",
+    "too many requests",
+    "limit exceeded",
+    "capacity",
+    "timeout",
+    "timed out",
+    "busy",
+    "unavailable",
+    "not synced",
+    "syncing",
+    "internal error",
+)
+
+
+class RpcError(Exception):
+    """The node answered with a JSON-RPC error that is an answer (a revert, bad params)."""
+
+    def __init__(self, code: int, message: str, method: str = "") -> None:
+        super().__init__(f"JSON-RPC error {code}: {message[:200]}")
+        self.code = code
+        self.method = method
+
+
+class ProviderFault(Exception):
+    """This provider cannot answer now; another may.  ``reason`` never names a URL.
+
+    ``rest=False``: ask the next provider, but this one is not to blame (its answer
+    could not be confirmed by the others), so it does not rest.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None, *, rest: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.rest = rest
+
+
+@dataclass(frozen=True)
+class ProviderPolicy:
+    """How a network's providers are used (``[[networks]]`` keys of the same names)."""
+
+    attempt_timeout: float = 10.0  # one operation on one provider
+    hedge_floor_seconds: float = 0.2
+    recovery_seconds: float = 10.0  # the longest a faulty provider rests before a probe
+    max_lag_blocks: int = 5
+    max_retry_after_seconds: float = 60.0
+
+
+@dataclass
+class _Provider:
+    index: int
+    url: str
+    latency: float | None = None  # moving average of successful operations, seconds
+    sampled_at: float = float("-inf")  # when ``latency`` last had a sample
+    faults: int = 0  # consecutive
+    resting_until: float = 0.0
+    retry_after_until: float = 0.0  # the provider asked us to wait: no probing before
+    probing: bool = False
+    head: int | None = None
+    chain_checked: bool = False  # its eth_chainId was the configured one
+
+    @property
+    def label(self) -> str:
+        """How logs and messages name it: position, and host without path or query."""
+        return f"provider {self.index + 1} ({redact_url(self.url)})"
+
+
+class Endpoint:
+    """One provider, as an operation sees it: JSON-RPC calls and the head it observed."""
+
+    def __init__(self, pool: ProviderPool, provider: _Provider) -> None:
+        self._pool = pool
+        self._provider = provider
+
+    @property
+    def name(self) -> str:
+        return f"provider {self._provider.index + 1}"
+
+    @property
+    def position(self) -> int:
+        """Its place in the network's ``rpc_urls`` (0-based), for ``run(exclude=...)``."""
+        return self._provider.index
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        """The ``result`` of one call.  Raises ProviderFault or RpcError."""
+        body = {"jsonrpc": "2.0", "id": next(self._pool.ids), "method": method, "params": params}
+        return _result(await self._post(body), method)
+
+    async def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Results of a JSON-RPC batch in request order; an answered error is an ``RpcError``
+        in its place (not raised), so the caller can say which read failed."""
+        if not calls:
+            return []
+        first = next(self._pool.ids)
+        body = [
+            {"jsonrpc": "2.0", "id": first + i, "method": method, "params": params}
+            for i, (method, params) in enumerate(calls)
+        ]
+        for _ in calls[1:]:
+            next(self._pool.ids)
+        answers = await self._post(body)
+        if not isinstance(answers, list):
+            _result(answers, "batch")  # an error object may answer a rejected batch
+            raise ProviderFault("batch answer is not a list")
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        if len(by_id) != len(calls) or any(first + i not in by_id for i in range(len(calls))):
+            raise ProviderFault("batch answer has the wrong results")
+        results: list[Any] = []
+        for i, (method, _params) in enumerate(calls):
+            try:
+                results.append(_result(by_id[first + i], method))
+            except RpcError as answered:
+                results.append(answered)
+        return results
+
+    def note_head(self, head: int) -> None:
+        """The head block this provider reported; a fault when it lags too far behind."""
+        self._pool.note_head(self._provider, head)
+
+    async def _post(self, body: Any) -> Any:
+        session = await self._pool.session()
+        async with session.post(self._provider.url, json=body) as response:
+            if response.status != 200:
+                raise ProviderFault(
+                    f"HTTP {response.status}", _retry_after(response.headers.get("Retry-After"))
+                )
+            raw = await response.content.read(_MAX_BODY_BYTES + 1)
+        if len(raw) > _MAX_BODY_BYTES:
+            raise ProviderFault("answer too large")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ProviderFault("answer is not JSON") from None
+
+
+class ProviderPool:
+    """The providers of one network; ``run`` an operation on the best, with failover."""
+
+    def __init__(
+        self,
+        network: str,
+        urls: Sequence[str],
+        policy: ProviderPolicy,
+        *,
+        chain_id: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one URL is needed")
+        self.network = network
+        self.chain_id = chain_id
+        self._policy = policy
+        self._clock = clock
+        self._providers = [_Provider(i, url) for i, url in enumerate(urls)]
+        self._best_head: int | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.ids = itertools.count(1)
+        self.hedges = 0  # operations also sent to a second provider because the first was slow
+        self.disagreements = 0  # cross-checks that found providers disagreeing on a block
+        self.wrong_chain: dict[int, int] = {}  # provider position -> the chain id it serves
+
+    async def request(self, method: str, params: list[Any], *, timeout: float) -> Any:
+        """One JSON-RPC call on the best provider.  Raises ChainUnavailable or RpcError."""
+        return await self.run(lambda endpoint: endpoint.request(method, params), timeout=timeout)
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    async def run(
+        self,
+        operation: Callable[[Endpoint], Awaitable[T]],
+        *,
+        timeout: float,
+        exclude: Collection[int] = (),
+    ) -> T:
+        """``operation`` on one provider at a time (hedged), until one answers.
+
+        Providers whose position is in ``exclude`` are not asked.  Raises
+        ``ChainUnavailable`` when none could within ``timeout``; an answer that
+        is an error (``RpcError``, a ``ChainUnavailable`` naming a token) is
+        raised as it is.
+        """
+        candidates = [p for p in self._ranked() if p.index not in exclude]
+        if not candidates:
+            if exclude:
+                raise ChainUnavailable(self.network, "no other provider can be asked")
+            raise ChainUnavailable(self.network, self._why_none_can_be_asked())
+        racing: dict[asyncio.Task[T], tuple[_Provider, float]] = {}  # -> provider, start
+        faults: list[str] = []
+        launched = 0
+        judge_slow = False  # on the way out: were the providers still racing too slow?
+
+        def launch() -> None:
+            nonlocal launched
+            provider = candidates[launched]
+            launched += 1
+            # One probe at a time for a provider that was faulty (others may still
+            # ask it when every provider is resting: then it is not the probe).
+            probe = provider.faults > 0 and not provider.probing
+            if probe:
+                provider.probing = True
+            task = asyncio.ensure_future(self._attempt(provider, operation, probe=probe))
+            racing[task] = (provider, self._clock())
+
+        try:
+            async with asyncio.timeout(timeout):
+                launch()
+                while racing:
+                    can_hedge = launched < len(candidates)
+                    wait = self._hedge_delay(candidates[launched - 1]) if can_hedge else None
+                    done, _ = await asyncio.wait(
+                        racing, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not done:
+                        self.hedges += 1
+                        log.info("network %s: hedging a slow read", self.network)
+                        launch()
+                        continue
+                    for task in done:
+                        provider, _started = racing.pop(task)
+                        error = task.exception()
+                        if error is None:
+                            judge_slow = True
+                            return task.result()
+                        if not isinstance(error, ProviderFault):
+                            raise error
+                        faults.append(f"provider {provider.index + 1}: {error.reason}")
+                        if launched < len(candidates):
+                            launch()  # a fault: the next provider now, not after a delay
+        except TimeoutError:
+            judge_slow = True
+            raise ChainUnavailable(self.network, f"timed out after {timeout:g}s") from None
+        finally:
+            unfinished = [racing[task] for task in racing if not task.done()]
+            for task in racing:
+                task.cancel()
+            if racing:
+                await asyncio.gather(*racing, return_exceptions=True)
+            if judge_slow:
+                self._judge_unfinished(unfinished)
+        raise ChainUnavailable(self.network, "no provider answered (" + "; ".join(faults) + ")")
+
+    def _why_none_can_be_asked(self) -> str:
+        if all(p.index in self.wrong_chain for p in self._providers):
+            return "every provider serves another chain"
+        return "every provider asked to wait (rate limited)"
+
+    def _judge_unfinished(self, unfinished: Iterable[tuple[_Provider, float]]) -> None:
+        """Providers cancelled because another answered first or the deadline passed:
+        one silent for longer than its hedge delay has a fault (it rests, then is
+        probed), so a stalled first provider cannot keep every request waiting."""
+        now = self._clock()
+        for provider, started in unfinished:
+            waited = now - started
+            if waited >= self._hedge_delay(provider):
+                self._fault(provider, ProviderFault(f"no answer within {waited:.2f}s"))
+
+    async def check_chains(self, *, timeout: float) -> None:
+        """Ask every provider for its chain id now (start-up); those that answer are checked.
+
+        A provider serving another chain is never used (``wrong_chain`` says which);
+        one that does not answer now is checked before its first use.
+        """
+
+        async def check(provider: _Provider) -> None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._check_chain(Endpoint(self, provider), provider, at_start=True)
+            except (ProviderFault, RpcError, TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if provider.index not in self.wrong_chain:
+                    log.warning(
+                        "network %s: %s did not answer at start (%s); checked before first use",
+                        self.network,
+                        provider.label,
+                        type(exc).__name__,
+                    )
+
+        await asyncio.gather(*(check(p) for p in self._providers))
+
+    async def _check_chain(
+        self, endpoint: Endpoint, provider: _Provider, *, at_start: bool = False
+    ) -> None:
+        """Mark ``provider`` checked, or never to be used again (logged, unless at start:
+        then the caller refuses to start and says so)."""
+        answer = await endpoint.request("eth_chainId", [])
+        try:
+            reported = int(answer, 16) if isinstance(answer, str) else -1
+        except ValueError:
+            reported = -1
+        if reported < 0:
+            raise ProviderFault("eth_chainId result is not a hex quantity")
+        if reported != self.chain_id:
+            self.wrong_chain[provider.index] = reported
+            provider.resting_until = provider.retry_after_until = float("inf")  # never again
+            if not at_start:
+                log.error(
+                    "network %s: %s serves chain id %d, not %d: never used",
+                    self.network,
+                    provider.label,
+                    reported,
+                    self.chain_id,
+                )
+            raise ProviderFault(f"serves chain id {reported}")
+        provider.chain_checked = True
+
+    def demote(self, position: int, reason: str) -> None:
+        """The provider at ``position`` answered wrong (outvoted by the others): it rests
+        as after any fault, and is probed when the rest is over."""
+        self._fault(self._providers[position], ProviderFault(reason))
+
+    def note_head(self, provider: _Provider, head: int) -> None:
+        provider.head = head
+        if self._best_head is None or head > self._best_head:
+            self._best_head = head
+        behind = self._best_head - head
+        if behind > self._policy.max_lag_blocks:
+            raise ProviderFault(f"{behind} blocks behind the best head seen")
+
+    async def session(self) -> aiohttp.ClientSession:
+        """One keep-alive session for every provider; deadlines come from ``run``."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64),
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # --- ranking and health -------------------------------------------------------------
+
+    def _ranked(self) -> list[_Provider]:
+        now = self._clock()
+        usable = [p for p in self._providers if p.index not in self.wrong_chain]
+        ready = [p for p in usable if now >= p.resting_until and not p.probing]
+        # Resting or being probed: last, since asking early beats failing; but never
+        # one that asked to wait.
+        resting = [p for p in usable if p not in ready and now >= p.retry_after_until]
+        resting.sort(key=lambda p: p.resting_until)
+
+        def latency(p: _Provider) -> float | None:
+            # An old sample says little about now: a demoted provider gets asked again.
+            fresh = now - p.sampled_at < self._policy.recovery_seconds
+            return p.latency if fresh else None
+
+        known = [lat for lat in map(latency, ready) if lat is not None]
+        fastest = min(known) if known else None
+
+        def slow(p: _Provider) -> bool:
+            lat = latency(p)
+            return (
+                fastest is not None
+                and lat is not None
+                and lat > _SLOW_FACTOR * fastest + _SLOW_MARGIN
+            )
+
+        return sorted(ready, key=lambda p: (slow(p), p.index)) + resting
+
+    def _hedge_delay(self, provider: _Provider) -> float:
+        floor = self._policy.hedge_floor_seconds
+        return floor if provider.latency is None else max(floor, _HEDGE_FACTOR * provider.latency)
+
+    async def _attempt(
+        self, provider: _Provider, operation: Callable[[Endpoint], Awaitable[T]], *, probe: bool
+    ) -> T:
+        started = self._clock()
+        try:
+            async with asyncio.timeout(self._policy.attempt_timeout):
+                endpoint = Endpoint(self, provider)
+                if not provider.chain_checked:
+                    await self._check_chain(endpoint, provider)
+                result = await operation(endpoint)
+        except ProviderFault as fault:
+            if fault.rest:
+                self._fault(provider, fault)
+            else:  # it answered; the answer could not be confirmed by the others
+                self._answered(provider, self._clock() - started)
+            raise
+        except (RpcError, ChainUnavailable):
+            self._answered(provider, self._clock() - started)  # the node is up and said no
+            raise
+        except TimeoutError:
+            timed_out = ProviderFault(f"no answer within {self._policy.attempt_timeout:g}s")
+            self._fault(provider, timed_out)
+            raise timed_out from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            # aiohttp's texts may hold the URL: the kind of error is enough.
+            failed = ProviderFault(f"request failed ({type(exc).__name__})")
+            self._fault(provider, failed)
+            raise failed from None
+        finally:
+            if probe:
+                provider.probing = False
+        self._answered(provider, self._clock() - started)
+        return result
+
+    def _answered(self, provider: _Provider, elapsed: float) -> None:
+        if provider.faults:
+            log.info("network %s: %s answers again", self.network, provider.label)
+        provider.faults = 0
+        provider.resting_until = 0.0
+        self._sample(provider, elapsed)
+
+    def _sample(self, provider: _Provider, elapsed: float) -> None:
+        if provider.latency is None:
+            provider.latency = elapsed
+        else:
+            provider.latency += _EWMA * (elapsed - provider.latency)
+        provider.sampled_at = self._clock()
+
+    def _fault(self, provider: _Provider, fault: ProviderFault) -> None:
+        if provider.index in self.wrong_chain:
+            return  # never used again: its rest must not end (logged when found)
+        now = self._clock()
+        provider.faults += 1
+        rest = min(_FIRST_REST * 2 ** (provider.faults - 1), self._policy.recovery_seconds)
+        if fault.retry_after is not None:
+            asked = min(fault.retry_after, self._policy.max_retry_after_seconds)
+            provider.retry_after_until = now + asked
+            rest = max(rest, asked)
+        provider.resting_until = now + rest
+        log.warning(
+            "network %s: %s failed: %s (resting %.1fs)",
+            self.network,
+            provider.label,
+            fault.reason,
+            rest,
+        )
+
+
+def _result(response: Any, method: str) -> Any:
+    """The result of one JSON-RPC response; its error classified as a fault or an answer."""
+    if not isinstance(response, dict):
+        raise ProviderFault("malformed JSON-RPC response")
+    error = response.get("error")
+    if error is not None:
+        code, message = -1, str(error)
+        if isinstance(error, dict):
+            raw_code = error.get("code", -1)
+            code = raw_code if isinstance(raw_code, int) else -1
+            message = str(error.get("message", ""))
+        lowered = message.lower()
+        # A revert is the contract's answer, whatever words its reason holds.
+        reverted = code == 3 or lowered.startswith("execution reverted")
+        if not reverted and (code in _FAULT_CODES or any(t in lowered for t in _FAULT_TEXTS)):
+            raise ProviderFault(f"{method}: JSON-RPC error {code}")
+        raise RpcError(code, message, method)
+    if "result" not in response:
+        raise ProviderFault(f"{method}: JSON-RPC response has no result")
+    return response["result"]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), if usable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
