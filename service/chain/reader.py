@@ -1,7 +1,9 @@
 """Snapshots: every balance and price a request needs, read at one block of one network.
 
 With Multicall3 a snapshot is one ``eth_call`` to ``aggregate3`` (split into
-several calls pinned to the same block above ``max_calls_per_batch``).  Where
+several calls pinned to the same block above ``max_calls_per_batch`` calls or
+``MAX_CALLDATA_BYTES`` of calldata; ``service.chain.multicall`` encodes and
+decodes it from its byte layout, no ``eth_abi`` per call).  Where
 the Multicall3 address has no code the reader falls back to a JSON-RPC batch
 pinned to one block number.  A read that fails or comes back empty is an error
 naming the token, never a zero.
@@ -29,8 +31,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from eth_abi.abi import decode
-
 from service.chain.cross_check import CrossCheck
 from service.chain.multicall import (
     BALANCE_OF,
@@ -39,14 +39,19 @@ from service.chain.multicall import (
     GET_CURRENT_BLOCK_TIMESTAMP,
     GET_ETH_BALANCE,
     LATEST_ROUND_DATA,
+    MAX_CALLDATA_BYTES,
     SYMBOL,
     Call,
     CallResult,
+    MalformedAnswer,
     address_arg,
     decode_aggregate3,
     decode_symbol,
     decode_uint,
     encode_aggregate3,
+    int_word,
+    split_calls,
+    uint_word,
 )
 from service.chain.providers import Endpoint, ProviderFault, ProviderPool, RpcError
 from service.domain import BlockHeader, FeedPrice, FeedReading, Snapshot, Token
@@ -239,12 +244,14 @@ class ChainReader:
 
     def _plan(self, addresses: Sequence[str], with_prices: bool) -> list[_Read]:
         reads: list[_Read] = []
+        multicall3 = self.network.multicall3
         for holder in addresses:
+            word = address_arg(holder)  # once per holder, whatever the number of tokens
             for token in self.network.tokens:
                 if token.address is None:
-                    call = Call(self.network.multicall3, GET_ETH_BALANCE + address_arg(holder))
+                    call = Call(multicall3, GET_ETH_BALANCE + word)
                 else:
-                    call = Call(token.address, BALANCE_OF + address_arg(holder))
+                    call = Call(token.address, BALANCE_OF + word)
                 reads.append(_Read(token, holder, call, "balance"))
         if with_prices:
             for token in self.network.tokens:
@@ -287,9 +294,14 @@ class ChainReader:
             Call(self.network.multicall3, GET_BLOCK_NUMBER),
             Call(self.network.multicall3, GET_CURRENT_BLOCK_TIMESTAMP),
         ]
-        size = self.network.max_calls_per_batch
-        first, rest = reads[: size - len(head)], reads[size - len(head) :]
-        first_results = await self._aggregate3(endpoint, [*head, *(r.call for r in first)], block)
+        # Cut by count and by calldata size; the head's two calls are small, so the
+        # first chunk always holds them.
+        first, *rest = split_calls(
+            [*head, *(r.call for r in reads)],
+            max_calls=self.network.max_calls_per_batch,
+            max_bytes=MAX_CALLDATA_BYTES,
+        )
+        first_results = await self._aggregate3(endpoint, first, block)
         try:
             number = self._uint(first_results[0], "block number")
             timestamp = self._uint(first_results[1], "block timestamp")
@@ -298,9 +310,8 @@ class ChainReader:
         if block == "latest":
             endpoint.note_head(number)
         # The first call fixed the block; the remaining chunks are pinned to its number.
-        chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
         more = await asyncio.gather(
-            *(self._aggregate3(endpoint, [r.call for r in chunk], hex(number)) for chunk in chunks)
+            *(self._aggregate3(endpoint, chunk, hex(number)) for chunk in rest)
         )
         results = first_results[len(head) :]
         for chunk_results in more:
@@ -308,7 +319,7 @@ class ChainReader:
         return number, timestamp, results
 
     async def _aggregate3(
-        self, endpoint: Endpoint, calls: list[Call], block: str
+        self, endpoint: Endpoint, calls: Sequence[Call], block: str
     ) -> list[CallResult]:
         """One ``aggregate3`` call; anything but a well-formed answer is the provider's fault."""
         payload = {"to": self.network.multicall3, "data": "0x" + encode_aggregate3(calls).hex()}
@@ -317,7 +328,7 @@ class ChainReader:
             raise ProviderFault("Multicall3 returned no data")
         try:
             results = decode_aggregate3(data)
-        except Exception as exc:  # eth_abi raises several unrelated types on bad input
+        except MalformedAnswer as exc:
             raise ProviderFault("Multicall3 answer is malformed") from exc
         if len(results) != len(calls):
             raise ProviderFault("Multicall3 answer has the wrong number of results")
@@ -359,45 +370,59 @@ class ChainReader:
         timestamp: int,
     ) -> Snapshot:
         balances: dict[str, dict[str, int]] = {a: {} for a in addresses}
-        feed_words: dict[str, dict[str, tuple[Any, ...]]] = {}
-        for read, result in zip(reads, results, strict=True):
+        feed_answers: dict[str, list[int]] = {}
+        feed_decimals: dict[str, int] = {}
+        for read, (success, data) in zip(reads, results, strict=True):
             if read.holder is not None:
-                balances[read.holder][read.token.currency] = self._uint(
-                    result, read.what, read.token
-                )
+                # The per-call path: one uint256 word, sliced (the answer may be longer).
+                if not success or len(data) < 32:
+                    raise self._unreadable(read.what, data, success, read.token)
+                balances[read.holder][read.token.currency] = int.from_bytes(data[:32], "big")
+            elif read.what == "feed decimals":
+                feed_decimals[read.token.currency] = self._words(
+                    read.what, data, success, read.token, [8]
+                )[0]
             else:
-                types = ["uint80", "int256", "uint256", "uint256", "uint80"]
-                if read.what == "feed decimals":
-                    types = ["uint8"]
-                words = self._decode(result, types, read.what, read.token)
-                feed_words.setdefault(read.token.currency, {})[read.what] = words
+                # latestRoundData(): roundId uint80, answer int256, startedAt, updatedAt,
+                # answeredInRound uint80; checked as eth_abi would check them.
+                feed_answers[read.token.currency] = self._words(
+                    read.what, data, success, read.token, [80, 0, 256, 256, 80]
+                )
         feeds = {
             currency: FeedReading(
-                answer=int(words["feed answer"][1]),
-                decimals=int(words["feed decimals"][0]),
-                updated_at=int(words["feed answer"][3]),
+                answer=words[1], decimals=feed_decimals[currency], updated_at=words[3]
             )
-            for currency, words in feed_words.items()
+            for currency, words in feed_answers.items()
         }
         return Snapshot(self.network.name, number, timestamp, balances, feeds)
 
-    def _uint(self, result: CallResult, what: str, token: Token | None = None) -> int:
-        return int(self._decode(result, ["uint256"], what, token)[0])
+    def _uint(self, result: CallResult, what: str) -> int:
+        return self._words(what, result.data, result.success, None, [256])[0]
 
-    def _decode(
-        self, result: CallResult, types: list[str], what: str, token: Token | None
-    ) -> tuple[Any, ...]:
+    def _words(
+        self, what: str, data: bytes, success: bool, token: Token | None, bits: list[int]
+    ) -> list[int]:
+        """The first words of an answer, each a ``uint<bits>`` (0: an ``int256``)."""
+        if not success or len(data) < 32 * len(bits):
+            raise self._unreadable(what, data, success, token)
+        try:
+            return [uint_word(data, i, b) if b else int_word(data, i) for i, b in enumerate(bits)]
+        except MalformedAnswer:
+            raise self._unreadable(what, data, success, token) from None
+
+    def _unreadable(
+        self, what: str, data: bytes, success: bool, token: Token | None
+    ) -> ChainUnavailable:
+        """Why a read's answer is no number: failed, empty or malformed (never a zero)."""
         currency = token.currency if token else None
-        if not result.success:
-            raise ChainUnavailable(self.network.name, f"{what} read failed", currency)
-        if not result.data:
+        if not success:
+            return ChainUnavailable(self.network.name, f"{what} read failed", currency)
+        if not data:
             # A call to an address without code "succeeds" with nothing: never a zero.
-            raise ChainUnavailable(
+            return ChainUnavailable(
                 self.network.name, f"{what} read returned no data (is there a contract?)", currency
             )
-        if len(result.data) < 32 * len(types):
-            raise ChainUnavailable(self.network.name, f"{what} answer is malformed", currency)
-        return tuple(decode(types, result.data[: 32 * len(types)]))
+        return ChainUnavailable(self.network.name, f"{what} answer is malformed", currency)
 
     async def _run(self, read: Callable[[Endpoint], Awaitable[T]], timeout: float) -> T:
         """``read`` on the providers; an answered JSON-RPC error is the node saying no."""
