@@ -211,9 +211,7 @@ class Endpoint:
                 raise ProviderFault(
                     f"HTTP {response.status}", _retry_after(response.headers.get("Retry-After"))
                 )
-            raw = await response.content.read(_MAX_BODY_BYTES + 1)
-        if len(raw) > _MAX_BODY_BYTES:
-            raise ProviderFault("answer too large")
+            raw = await _read_body(response)
         try:
             return json.loads(raw)
         except ValueError:
@@ -516,6 +514,23 @@ class ProviderPool:
             fault.reason,
             rest,
         )
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, refused past ``_MAX_BODY_BYTES``.
+
+    ``StreamReader.read(n)`` returns only what has arrived so far (a large
+    multicall answer came back cut at 127 KB), so read chunks to the end.
+    """
+    declared = response.content_length
+    if declared is not None and declared > _MAX_BODY_BYTES:
+        raise ProviderFault("answer too large")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > _MAX_BODY_BYTES:
+            raise ProviderFault("answer too large")
+    return bytes(body)
 
 
 def _result(response: Any, method: str) -> Any:
