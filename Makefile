@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: demo test install generate check-generated lint pytest test-unit clean
+.PHONY: demo test install generate check-generated lint pytest test-unit bench clean
 
 demo: install  ## Start two local chains, deploy, import demo wallets, serve.
 	$(BIN)/balances demo
@@ -44,6 +44,9 @@ pytest: install
 
 test-unit: install  ## The fast half: no sockets, no subprocesses, no chains.
 	$(BIN)/pytest -q tests/unit
+
+bench: install  ## Build a world of local chains, measure against references, write BENCHMARKS.md.
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .build .pytest_cache .mypy_cache .ruff_cache
