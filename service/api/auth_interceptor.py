@@ -10,6 +10,9 @@ place, watch streams a token and a stream place, given back when the call
 ends however it ends.  A call over a limit may wait a moment for room; a
 refusal is ``RESOURCE_EXHAUSTED`` with a ``google.rpc.RetryInfo`` in the
 status details.
+
+grpc.aio asks the interceptors for a handler on every call: the guarded handler
+of each method is built once and kept (``HandlerCache``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Any, NoReturn
 import grpc
 from grpc import aio
 
+from service.api.handler_cache import HandlerCache
 from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
 from service.api.retry_info import retry_info_trailer
 from service.api.status import status_for
 from service.api.tenancy import current_tenant
 from service.auth.authenticator import Authenticator
-from service.auth.keys import key_id_of
 from service.errors import RateLimited
 from service.quotas import CallKind, CallQuotas
 
@@ -47,16 +50,14 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator, quotas: CallQuotas) -> None:
         self._authenticator = authenticator
         self._quotas = quotas
+        self._guarded = HandlerCache(self._guard)
 
     async def _admission(
         self, context: aio.ServicerContext[Any, Any], kind: CallKind
     ) -> AbstractAsyncContextManager[None]:
         """Authenticate (the tenant is set for the servicers) and ask the key's quotas."""
-        presented = _api_key(context)
-        tenant = await self._authenticator.tenant_of(presented)
+        tenant, key_id = await self._authenticator.authenticate(_api_key(context))
         current_tenant.set(tenant)
-        key_id = key_id_of(presented or "")
-        assert key_id is not None, "an authenticated key has a key id"
         return self._quotas.admit(tenant, key_id, kind, time_left=context.time_remaining())
 
     async def intercept_service(
@@ -67,7 +68,15 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
+        if handler is None:
+            return handler
+        return self._guarded.get(handler_call_details.method, handler)
+
+    def _guard(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` behind authentication and quotas (open services as they are)."""
+        if method.startswith(OPEN_SERVICES):
             return handler
         admission = self._admission
         if handler.unary_unary is not None:
@@ -97,7 +106,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     await _refuse(context, refused)
 
             return with_unary_stream_behaviour(handler, stream_guarded)
-        raise RuntimeError(f"{handler_call_details.method}: no authentication for this kind")
+        raise RuntimeError(f"{method}: no authentication for this kind")
 
 
 async def _refuse(context: aio.ServicerContext[Any, Any], refused: RateLimited) -> NoReturn:

@@ -14,6 +14,9 @@ returned here deserializes with a wrapper that never raises (a failure becomes
 the ``_UNDECODABLE`` sentinel), and its behaviour turns the sentinel into
 ``UndecodableRequest`` (INVALID_ARGUMENT, fixed message) before calling the
 inner behaviour: before authentication and before any work.
+
+grpc.aio runs the interceptors on every call: the guarded handler of each
+method is built once and kept (``HandlerCache``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from service.api.handler_cache import HandlerCache
 from service.api.handlers import (
     Deserializer,
     with_stream_stream_behaviour,
@@ -60,6 +64,9 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     has none) are passed on as they are.
     """
 
+    def __init__(self) -> None:
+        self._guarded = HandlerCache(_guard)
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -70,69 +77,73 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            behaviour = handler.unary_unary
+        return self._guarded.get(handler_call_details.method, handler)
 
-            async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                request_id = _start(context)
-                try:
-                    return await behaviour(_decoded(request), context)  # type: ignore[arg-type]
-                except Exception as exc:
-                    await _abort(exc, context, method, request_id)
 
-            return with_unary_behaviour(handler, guarded, request_deserializer=deserializer)
-        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
-            handler.unary_stream
-        ):
-            # A streaming handler that writes with ``context.write`` (health's Watch).
-            writer = handler.unary_stream
+def _guard(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with its errors turned into statuses, and a tolerant deserializer."""
+    deserializer = _tolerant(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        behaviour = handler.unary_unary
 
-            async def writer_guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
-                request_id = _start(context)
-                try:
-                    await writer(_decoded(request), context)  # type: ignore[arg-type, misc]
-                except Exception as exc:
-                    await _abort(exc, context, method, request_id)
+        async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            request_id = _start(context)
+            try:
+                return await behaviour(_decoded(request), context)  # type: ignore[arg-type]
+            except Exception as exc:
+                await _abort(exc, context, method, request_id)
 
-            return with_unary_stream_behaviour(
-                handler, writer_guarded, request_deserializer=deserializer
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
+        return with_unary_behaviour(handler, guarded, request_deserializer=deserializer)
+    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+        # A streaming handler that writes with ``context.write`` (health's Watch).
+        writer = handler.unary_stream
 
-            async def stream_guarded(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                request_id = _start(context)
-                try:
-                    async for item in stream(_decoded(request), context):  # type: ignore[arg-type]
-                        yield item
-                except Exception as exc:
-                    await _abort(exc, context, method, request_id)
+        async def writer_guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+            request_id = _start(context)
+            try:
+                await writer(_decoded(request), context)  # type: ignore[arg-type, misc]
+            except Exception as exc:
+                await _abort(exc, context, method, request_id)
 
-            return with_unary_stream_behaviour(
-                handler, stream_guarded, request_deserializer=deserializer
-            )
-        if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
-            # Reflection.  Its requests are decoded one by one as it iterates them.
-            bidi = handler.stream_stream
+        return with_unary_stream_behaviour(
+            handler, writer_guarded, request_deserializer=deserializer
+        )
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
 
-            async def bidi_guarded(
-                requests: AsyncIterable[Any], context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                request_id = _start(context)
-                try:
-                    async for item in bidi(_each_decoded(requests), context):  # type: ignore[arg-type]
-                        yield item
-                except Exception as exc:
-                    await _abort(exc, context, method, request_id)
+        async def stream_guarded(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            request_id = _start(context)
+            try:
+                async for item in stream(_decoded(request), context):  # type: ignore[arg-type]
+                    yield item
+            except Exception as exc:
+                await _abort(exc, context, method, request_id)
 
-            return with_stream_stream_behaviour(
-                handler, bidi_guarded, request_deserializer=deserializer
-            )
-        return handler
+        return with_unary_stream_behaviour(
+            handler, stream_guarded, request_deserializer=deserializer
+        )
+    if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+        # Reflection.  Its requests are decoded one by one as it iterates them.
+        bidi = handler.stream_stream
+
+        async def bidi_guarded(
+            requests: AsyncIterable[Any], context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            request_id = _start(context)
+            try:
+                async for item in bidi(_each_decoded(requests), context):  # type: ignore[arg-type]
+                    yield item
+            except Exception as exc:
+                await _abort(exc, context, method, request_id)
+
+        return with_stream_stream_behaviour(
+            handler, bidi_guarded, request_deserializer=deserializer
+        )
+    return handler
 
 
 def _tolerant(deserializer: Deserializer) -> Deserializer:

@@ -497,7 +497,7 @@ async def test_migrates_empty_database_and_reopens(db_path: Path) -> None:
     finally:
         await stores.aclose()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == len(MIGRATIONS) == 4
+        assert schema_version(connection) == len(MIGRATIONS) == 5
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(wallets)")}
         assert "wallets_by_customer" in indexes
@@ -508,7 +508,7 @@ async def test_migrates_empty_database_and_reopens(db_path: Path) -> None:
     finally:
         await reopened.aclose()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == 4
+        assert schema_version(connection) == 5
 
 
 def test_adding_a_migration_applies_only_the_new_step(tmp_path: Path) -> None:

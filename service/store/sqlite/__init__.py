@@ -6,6 +6,10 @@ wallets.py         ``WalletDirectory``
 api_keys.py        ``ApiKeyStore``
 webhooks.py        ``WebhookStore`` (configs and the outbox)
 follower_state.py  ``FollowerStateStore``
+
+The wallet directory and the key store are served through the read-through
+caches of ``service.store.cached``; ``PRAGMA data_version`` tells them when
+another process wrote to the file.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from pathlib import Path
 from types import TracebackType
 
 from service.ports import Clock, utc_now
+from service.store.cached import (
+    DEFAULT_MAX_LAG_SECONDS,
+    CachedApiKeyStore,
+    CachedWalletDirectory,
+    StoreChanges,
+)
 from service.store.sqlite.api_keys import SqliteApiKeyStore
 from service.store.sqlite.database import SqliteDatabase
 from service.store.sqlite.follower_state import SqliteFollowerStateStore
@@ -37,8 +47,8 @@ class SqliteStores:
     """Every store on one ``SqliteDatabase``; ``aclose`` (or ``async with``) closes it."""
 
     database: SqliteDatabase
-    wallets: SqliteWalletStore
-    api_keys: SqliteApiKeyStore
+    wallets: CachedWalletDirectory  # over a SqliteWalletStore
+    api_keys: CachedApiKeyStore  # over a SqliteApiKeyStore
     webhooks: SqliteWebhookStore
     follower_state: SqliteFollowerStateStore
 
@@ -58,17 +68,21 @@ class SqliteStores:
         await self.aclose()
 
 
-async def open_sqlite_stores(path: Path, *, clock: Clock = utc_now) -> SqliteStores:
+async def open_sqlite_stores(
+    path: Path, *, clock: Clock = utc_now, max_lag: float = DEFAULT_MAX_LAG_SECONDS
+) -> SqliteStores:
     """Open (creating the file and its parent directories) and migrate ``path``.
 
     Close with ``await stores.aclose()``, or ``async with await open_sqlite_stores(path)``.
     Raises ``SchemaTooNew`` when a newer version of the service wrote the file.
+    ``max_lag``: seconds another process's write may go unseen by the caches.
     """
     database = await SqliteDatabase.open(path)
+    changes = StoreChanges(database.data_version, max_lag=max_lag)
     return SqliteStores(
         database=database,
-        wallets=SqliteWalletStore(database, clock=clock),
-        api_keys=SqliteApiKeyStore(database, clock=clock),
+        wallets=CachedWalletDirectory(SqliteWalletStore(database, clock=clock), changes),
+        api_keys=CachedApiKeyStore(SqliteApiKeyStore(database, clock=clock), changes),
         webhooks=SqliteWebhookStore(database, clock=clock),
         follower_state=SqliteFollowerStateStore(database),
     )

@@ -28,6 +28,9 @@ _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
 _BUSY_TIMEOUT_SECONDS = 10.0
+# Rows ANALYZE samples per index: statistics good enough for the planner, gathered in
+# milliseconds on any size of table (SQLite's suggested range is 100-1000).
+_ANALYSIS_LIMIT = 1000
 
 
 class SqliteDatabase:
@@ -89,13 +92,24 @@ class SqliteDatabase:
         """The schema version of the open database (migrated at open)."""
         return await self.run(schema_version)
 
+    async def data_version(self) -> int:
+        """A number that changes whenever *another* connection (another process, say)
+        commits to the file; this connection's own commits leave it alone."""
+        return await self.run(_data_version)
+
+    async def analyze(self, table: str) -> None:
+        """Refresh the planner's statistics of ``table`` (sampled: quick on any size)."""
+        await self.run(_analyze, table)
+
     async def close(self) -> None:
         """Close the connection and stop its thread; closing twice is harmless."""
         if self._closed:
             return
         self._closed = True
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._connection.close)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, _optimize_and_close, self._connection
+            )
         finally:
             await asyncio.to_thread(self._executor.shutdown)
 
@@ -133,12 +147,41 @@ def _connect(path: Path) -> sqlite3.Connection:
             _log.warning("database %s: journal mode is %s, not WAL", path, mode)
         connection.execute("PRAGMA foreign_keys = ON")
         connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute(f"PRAGMA analysis_limit = {_ANALYSIS_LIMIT}")
+        found = schema_version(connection)
         version = migrate(connection)
+        if version != found:
+            connection.execute("ANALYZE")  # new indexes have no statistics yet
+        # As SQLite's docs advise for long-lived connections: at open, analyze whatever
+        # changed much since it was last analyzed (0x10000: every table; SQLite < 3.46
+        # ignores that bit and looks only at tables this connection used).
+        connection.execute("PRAGMA optimize = 0x10002")
     except BaseException:
         connection.close()
         raise
     _log.info("database %s open at schema version %d", path, version)
     return connection
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA data_version").fetchone()[0]
+    return version
+
+
+def _analyze(connection: sqlite3.Connection, table: str) -> None:
+    if not table.isidentifier():
+        raise ValueError(f"not a table name: {table!r}")
+    connection.execute(f"ANALYZE {table}")
+
+
+def _optimize_and_close(connection: sqlite3.Connection) -> None:
+    """``PRAGMA optimize`` before closing, as SQLite's docs advise; a busy or read-only
+    file only skips it."""
+    try:
+        connection.execute("PRAGMA optimize")
+    except sqlite3.Error as exc:
+        _log.debug("PRAGMA optimize skipped at close: %s", exc)
+    connection.close()
 
 
 def to_timestamp(moment: datetime) -> str:

@@ -109,6 +109,16 @@ MIGRATIONS: Sequence[Migration] = (
         )
         """,
     ),
+    # 5: a customer's wallets in O(the customer's wallets).  ``customer_wallets`` asks for
+    # (tenant, customer_id) in (network, created_at, wallet_id) order; with the old
+    # (tenant, customer_id) index SQLite would rather serve ``ORDER BY network`` from
+    # UNIQUE (tenant, network, address) and visit every wallet of the tenant.  This index
+    # is that whole order (the old one was its prefix), so the lookup is one range.
+    (
+        "DROP INDEX wallets_by_customer",
+        "CREATE INDEX wallets_by_customer"
+        " ON wallets (tenant, customer_id, network, created_at, wallet_id)",
+    ),
 )
 
 
