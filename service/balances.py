@@ -22,6 +22,12 @@ stale answer is never older than an answer already given for its key.  When a
 caller has a deadline and a stale answer is at hand, the read gets a little
 less than the caller's time (a tenth, at most 0.1 s) so that the fallback can
 still be answered in time.
+
+Shared reads: a caller may pass a ``SharedRead`` (the watch streams' initial
+reads, ``service.watch.initial_reads``).  Everything above holds but the read
+itself: on a miss of the tenant's own key, the key's snapshot is cut from the
+shared read (a fresh upstream read made for a batch of callers) and cached for
+the tenant as if it had read it alone.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from service.domain import (
@@ -49,12 +55,17 @@ from service.money import round_half_even, value_of
 from service.ports import SnapshotCache, SnapshotSource, WalletReader
 from service.pricing import token_price
 
-__all__ = ["BalanceQueries"]
+__all__ = ["BalanceQueries", "SharedRead"]
 
 log = logging.getLogger(__name__)
 
 _STALE_RESERVE = 0.1  # seconds of a caller's deadline kept for answering from the last good read
 LAST_GOOD_ENTRIES = 10_000  # snapshots kept for stale-if-error, per process
+
+
+# (network, addresses, with_prices) -> a fresh snapshot holding at least those addresses
+# (and the price feeds when asked for them), read for several callers at once.
+SharedRead = Callable[[str, Sequence[str], bool], Awaitable[Snapshot]]
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,25 @@ class BalanceQueries:
         self, tenant: str, wallet_id: str, timeout: float | None = None
     ) -> WalletBalance:
         wallet = await self._directory.get_wallet(tenant, parse_wallet_id(wallet_id))
+        return await self.balance_of(tenant, wallet, timeout=timeout)
+
+    async def balance_of(
+        self,
+        tenant: str,
+        wallet: Wallet,
+        *,
+        timeout: float | None = None,
+        shared: SharedRead | None = None,
+    ) -> WalletBalance:
+        """``wallet``'s (from ``tenant``'s directory) balances: the tenant's cached read, else
+        a read of its own, or ``shared``'s."""
         snapshot, stale = await self._snapshot(
-            tenant, wallet.network, [wallet.address], with_prices=False, timeout=timeout
+            tenant,
+            wallet.network,
+            [wallet.address],
+            with_prices=False,
+            timeout=timeout,
+            shared=shared,
         )
         return self._wallet_balance(wallet, snapshot, stale=stale)
 
@@ -108,6 +136,18 @@ class BalanceQueries:
         self, tenant: str, customer_id: str, timeout: float | None = None
     ) -> CustomerBalances:
         wallets = await self._directory.customer_wallets(tenant, parse_customer_id(customer_id))
+        return await self.balances_of(tenant, customer_id, wallets, timeout=timeout)
+
+    async def balances_of(
+        self,
+        tenant: str,
+        customer_id: str,
+        wallets: Sequence[Wallet],
+        *,
+        timeout: float | None = None,
+        shared: SharedRead | None = None,
+    ) -> CustomerBalances:
+        """The balances of ``wallets`` (the customer's, from the directory) and their total."""
         networks = sorted({w.network for w in wallets})
         snapshots = await asyncio.gather(
             *(
@@ -117,6 +157,7 @@ class BalanceQueries:
                     sorted({w.address for w in wallets if w.network == network}),
                     with_prices=True,
                     timeout=timeout,
+                    shared=shared,
                 )
                 for network in networks
             )
@@ -202,9 +243,10 @@ class BalanceQueries:
         *,
         with_prices: bool,
         timeout: float | None,
+        shared: SharedRead | None = None,
     ) -> tuple[Snapshot, bool]:
         """The key's snapshot and whether it is stale (the last good read, every provider
-        having failed)."""
+        having failed).  On a miss, ``shared`` (when given) reads instead of ``source``."""
         source = self._sources.get(network)
         if source is None:
             raise ChainUnavailable(network, "this network is not configured on the server")
@@ -219,9 +261,19 @@ class BalanceQueries:
             budget = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
             if timeout is not None and self._servable(network, key) is not None:
                 budget = min(budget, timeout - min(_STALE_RESERVE, timeout / 10))
-            task = asyncio.create_task(
-                self._read_and_store(key, source, addresses, with_prices, budget)
-            )
+            read: Callable[[float], Awaitable[Snapshot]]
+            if shared is None:
+
+                def read(timeout: float) -> Awaitable[Snapshot]:
+                    return source.snapshot(addresses, with_prices=with_prices, timeout=timeout)
+
+            else:
+
+                async def read(timeout: float) -> Snapshot:  # the shared read has its own
+                    whole = await shared(network, addresses, with_prices)
+                    return _part(whole, addresses, with_prices)
+
+            task = asyncio.create_task(self._read_and_store(key, read, budget))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         try:
@@ -235,19 +287,14 @@ class BalanceQueries:
             return last, True
 
     async def _read_and_store(
-        self,
-        key: str,
-        source: SnapshotSource,
-        addresses: list[str],
-        with_prices: bool,
-        timeout: float,
+        self, key: str, read: Callable[[float], Awaitable[Snapshot]], timeout: float
     ) -> Snapshot:
         # A read that finished between a caller's cache miss and this task's start
         # is already cached: look once more before going upstream.
         cached = await self._cache.get(key)
         if cached is not None:
             return cached
-        snapshot = await source.snapshot(addresses, with_prices=with_prices, timeout=timeout)
+        snapshot = await read(timeout)
         # The block follower may have stored a newer read meanwhile: keep that one.
         newer = await self._cache.get(key)
         if newer is not None and newer.block_number > snapshot.block_number:
@@ -283,6 +330,17 @@ class BalanceQueries:
             del self._inflight[key]
         if not task.cancelled() and task.exception() is not None:
             log.debug("snapshot %s failed: %s", key[:24], task.exception())
+
+
+def _part(whole: Snapshot, addresses: Sequence[str], with_prices: bool) -> Snapshot:
+    """The part of a shared read one key asked for: as if read for that key alone."""
+    return Snapshot(
+        whole.network,
+        whole.block_number,
+        whole.block_timestamp,
+        {a: whole.balances[a] for a in addresses},
+        whole.feeds if with_prices else {},
+    )
 
 
 def _cache_key(tenant: str, network: str, addresses: list[str], with_prices: bool) -> str:

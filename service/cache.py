@@ -1,34 +1,79 @@
-"""The snapshot cache adapter: aiocache, in memory by default, with a TTL."""
+"""The snapshot cache adapter: in process memory, bounded by a TTL and a number of entries.
+
+A plain ``OrderedDict`` in least-recently-used order, each entry with its
+expiry time.  aiocache's memory backend (used before) has no size bound, so a
+server asked for a million distinct wallets kept a million snapshots until
+their TTL ran out; it also wrapped every operation in ``asyncio.wait_for``.
+``cachetools.TTLCache`` would do, but it is one more dependency for forty
+lines whose behaviour (expiry on read, eviction order, an injectable clock) the
+tests below pin down exactly.
+
+- ``get`` of an expired entry drops it and misses; a hit makes it the most
+  recently used.
+- ``set`` stores with a fresh TTL, drops expired entries at the old end, and
+  then the least recently used ones while more than ``max_entries`` are held.
+"""
 
 from __future__ import annotations
 
-from aiocache import SimpleMemoryCache
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from service.domain import Snapshot
 
-__all__ = ["MemorySnapshotCache"]
+__all__ = ["DEFAULT_MAX_ENTRIES", "MemorySnapshotCache"]
+
+DEFAULT_MAX_ENTRIES = 100_000  # about 1 KB each for a three-token wallet (scripts/bench_memory.py)
 
 
 class MemorySnapshotCache:
-    """aiocache's in-process memory backend; values are stored as objects, unserialized."""
+    """Snapshots by key, each for ``ttl_seconds``, at most ``max_entries`` of them (LRU)."""
 
-    def __init__(self, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._ttl = ttl_seconds
-        # timeout=None: an in-memory operation cannot hang, and aiocache's default (5 s)
-        # wraps every call in Python 3.11's asyncio.wait_for, which can swallow a
-        # cancellation (a follower stopping at shutdown then never stops).
-        self._cache = SimpleMemoryCache(timeout=None)
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Snapshot]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._entries)
 
     async def get(self, key: str) -> Snapshot | None:
-        value = await self._cache.get(key)
-        return value if isinstance(value, Snapshot) else None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
 
     async def set(self, key: str, snapshot: Snapshot) -> None:
-        await self._cache.set(key, snapshot, ttl=self._ttl)
+        now = self._clock()
+        entries = self._entries
+        entries[key] = (now + self._ttl, snapshot)
+        entries.move_to_end(key)
+        # Expired entries at the least recently used end go first (amortised O(1) per set).
+        while entries:
+            oldest = next(iter(entries.values()))
+            if oldest[0] > now:
+                break
+            entries.popitem(last=False)
+        while len(entries) > self._max_entries:
+            entries.popitem(last=False)
 
     async def delete(self, key: str) -> None:
-        await self._cache.delete(key)
+        self._entries.pop(key, None)
 
     async def aclose(self) -> None:
-        await self._cache.clear()
-        await self._cache.close()
+        self._entries.clear()

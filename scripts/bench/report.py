@@ -282,7 +282,7 @@ def machine(tools: dict[str, str | None]) -> dict[str, str]:
                 break
     except OSError:
         pass
-    packages = ("grpcio", "protobuf", "aiohttp", "eth-abi", "aiocache")
+    packages = ("grpcio", "protobuf", "aiohttp", "eth-abi")
     info = {
         "CPU": model,
         "cores": str(os.cpu_count()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -19,9 +20,13 @@ from service.api.convert import (
 )
 from service.api.tenancy import caller_tenant
 from service.balances import BalanceQueries
+from service.watch.hub import WalletUpdate, WatchUpdate
 from service.watch.watches import BalanceWatches
 
 __all__ = ["BalancesServicer"]
+
+# Wallet watch messages kept for the other streams that are sent the same update.
+_SHARED_MESSAGES = 1024
 
 
 class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
@@ -34,6 +39,12 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         self._queries = queries
         self._minor_unit_digits = minor_unit_digits
         self._watches = watches
+        # (id of the hub's WalletUpdate, coalesced count) -> (that update, its message).
+        # The hub hands one WalletUpdate to every stream sent the same state from the same
+        # previous one; holding it keeps its id from being reused while it is a key here.
+        self._messages: OrderedDict[
+            tuple[int, int], tuple[WalletUpdate, pb.WatchWalletBalanceResponse]
+        ] = OrderedDict()
 
     async def GetWalletBalance(
         self, request: pb.GetWalletBalanceRequest, context: aio.ServicerContext[Any, Any]
@@ -57,7 +68,7 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         watches = await self._watching(context)
         async with aclosing(watches.watch_wallet(caller_tenant(), request.wallet_id)) as updates:
             async for update in updates:
-                yield wallet_watch_response(update)
+                yield self._wallet_message(update)
 
     async def WatchCustomerBalances(
         self, request: pb.WatchCustomerBalancesRequest, context: aio.ServicerContext[Any, Any]
@@ -67,6 +78,22 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         async with aclosing(watches.watch_customer(tenant, request.customer_id)) as updates:
             async for update in updates:
                 yield customer_watch_response(update, self._minor_unit_digits)
+
+    def _wallet_message(self, update: WatchUpdate) -> pb.WatchWalletBalanceResponse:
+        """Built once for all the streams of a wallet sent the same update (gRPC encodes
+        it per stream; protobuf messages are only read there)."""
+        if update.initial:
+            return wallet_watch_response(update)  # read per stream: nothing to share
+        (wallet,) = update.wallets
+        key = (id(wallet), update.coalesced_updates)
+        built = self._messages.get(key)
+        if built is not None and built[0] is wallet:
+            return built[1]
+        message = wallet_watch_response(update)
+        self._messages[key] = (wallet, message)
+        if len(self._messages) > _SHARED_MESSAGES:
+            self._messages.popitem(last=False)
+        return message
 
     async def _watching(self, context: aio.ServicerContext[Any, Any]) -> BalanceWatches:
         if self._watches is None:

@@ -97,7 +97,10 @@ _WEBHOOK_KEYS = {
 # The top-level Settings fields, by the table and key they come from.
 _SETTINGS_KEYS: dict[str, dict[str, _Key]] = {
     "server": {**_keys("listen", kind=str), **_keys("grace_period_seconds")},
-    "cache": {"ttl_seconds": _Key("cache_ttl_seconds", _ANY)},
+    "cache": {
+        "ttl_seconds": _Key("cache_ttl_seconds", _ANY),
+        "max_entries": _Key("cache_max_entries", int),
+    },
     "directory": {"path": _Key("directory_path", _PATH)},
     "chain": _keys("rpc_timeout_seconds"),
     "pricing": {

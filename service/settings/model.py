@@ -382,6 +382,7 @@ class Settings:
     rest: RestSettings | None = None  # None: gRPC only
     grace_period_seconds: float = 10.0
     cache_ttl_seconds: float = 30.0
+    cache_max_entries: int = 100_000  # snapshots held in memory, least recently used dropped
     directory_path: Path = Path("balances.sqlite3")
     rpc_timeout_seconds: float = 10.0
     base_currency: str = "USD"
@@ -397,6 +398,7 @@ class Settings:
         if not _CURRENCY.fullmatch(self.base_currency):
             raise ConfigError("base_currency", "must be a 3-letter ISO 4217 code like USD")
         check_int_between("minor_unit_digits", self.minor_unit_digits, 0, 6)
+        check_int_between("cache_max_entries", self.cache_max_entries, 1, 100_000_000)
         if not self.networks:
             raise ConfigError("networks", "at least one network is required")
         names = [n.name for n in self.networks]

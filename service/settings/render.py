@@ -47,7 +47,10 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
             },
         )
         lines += _tls("rest.tls", settings.rest.tls)
-    lines += _table("cache", {"ttl_seconds": settings.cache_ttl_seconds})
+    lines += _table(
+        "cache",
+        {"ttl_seconds": settings.cache_ttl_seconds, "max_entries": settings.cache_max_entries},
+    )
     lines += _table("directory", {"path": settings.directory_path.absolute()})
     lines += _table("chain", {"rpc_timeout_seconds": settings.rpc_timeout_seconds})
     lines += _table(

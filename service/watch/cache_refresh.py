@@ -1,9 +1,10 @@
 """Keeps the balance cache in step with the block follower, tenant by tenant.
 
-Registered as the first listener of every follower: an address that changed
-(or was read for the first time) is stored as the single-address snapshot a
-wallet query reads, before any watch or webhook hears of it, so
-``GetWalletBalance`` agrees with the event just sent, with no upstream call.
+Registered before the listeners whose followers it refreshes (one before the
+watch hub, one before the webhook outbox): an address that changed (or was
+read for the first time) is stored as the single-address snapshot a wallet
+query reads before those followers hear of it, so ``GetWalletBalance`` agrees
+with the event just sent, with no upstream call.
 
 Only the tenants that follow an address themselves (a watch stream, or a
 webhook subscription over one of their wallets) get the read.  Giving it to

@@ -11,6 +11,14 @@ other subscriber.
 What a consumer takes is always relative to what it was last given: the
 changes of a message are the differences from the previous message of that
 stream, and a state that is not newer, or not different, is never sent.
+
+Per block, the shared work is done once: each wallet's balance is described
+once (``_Offered``), whatever the number of streams watching it, and the
+``WalletUpdate`` taken from it is built once per previous state, so streams that
+were sent the same thing get the very same update object (the servicer builds
+one protobuf message for them).  Each subscription finds its wallet at an
+address through an index, so a customer watch costs the same per changed
+address whatever its number of wallets.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from service.domain import BalanceChange, BlockRef, Snapshot, TokenAmount, Wallet, WalletBalance
+from service.domain import BalanceChange, BlockRef, Snapshot, Wallet, WalletBalance
 from service.errors import BalancesError, CustomerNotFound, WalletNotFound
 
 __all__ = ["Subscription", "WalletUpdate", "WatchHub", "WatchUpdate"]
@@ -58,6 +66,28 @@ class _Closed:
 _CLOSED = _Closed()
 
 
+class _Offered:
+    """One wallet's balance at one block, shared by every subscription watching the wallet."""
+
+    __slots__ = ("_updates", "balance", "block_hash")
+
+    def __init__(self, balance: WalletBalance, block_hash: str) -> None:
+        self.balance = balance
+        self.block_hash = block_hash
+        # (previous state sent, the update from it); usually one entry.  Holding the
+        # previous state keeps its id from being reused while it is a key here.
+        self._updates: list[tuple[WalletBalance | None, WalletUpdate]] = []
+
+    def update_from(self, previous: WalletBalance | None) -> WalletUpdate:
+        """The update for a consumer last sent ``previous``: one object per ``previous``."""
+        for sent, update in self._updates:
+            if sent is previous:
+                return update
+        update = WalletUpdate(self.balance, self.block_hash, _changes(previous, self.balance))
+        self._updates.append((previous, update))
+        return update
+
+
 class Subscription:
     """One consumer's mailbox: the latest pending state per wallet and an update counter."""
 
@@ -67,8 +97,12 @@ class Subscription:
         self.tenant = tenant
         self.customer_id = customer_id  # set for a customer watch
         self.wallets: dict[str, Wallet] = {w.wallet_id: w for w in wallets}
+        # A tenant has one wallet per (network, address), so a customer has too.
+        self._at: dict[tuple[str, str], Wallet] = {
+            (w.network, w.address): w for w in self.wallets.values()
+        }
         self._sent: dict[str, WalletBalance] = {}
-        self._pending: dict[str, tuple[WalletBalance, str]] = {}
+        self._pending: dict[str, _Offered] = {}
         self._updates = 0
         self._wakeup = asyncio.Event()
         self._end: BalancesError | _Closed | None = None
@@ -81,20 +115,24 @@ class Subscription:
         """The initial state the consumer was given; pending older or equal states are dropped."""
         for balance in balances:
             self._sent[balance.wallet.wallet_id] = balance
-        for wallet_id, (balance, _) in list(self._pending.items()):
-            if not self._is_news(wallet_id, balance):
-                del self._pending[wallet_id]
+        for wallet_id, offered in list(self._pending.items()):
+            del self._pending[wallet_id]  # judged against what was just sent, not itself
+            if self._is_news(wallet_id, offered.balance):
+                self._pending[wallet_id] = offered
         self._updates = min(self._updates, 1) if self._pending else 0
 
-    def push(self, states: Iterable[tuple[WalletBalance, str]]) -> None:
-        """Offer one block's states (balance, block hash); never waits.  One block, one update."""
+    def wallet_at(self, network: str, address: str) -> Wallet | None:
+        return self._at.get((network, address))
+
+    def push(self, states: Iterable[_Offered]) -> None:
+        """Offer one block's states; never waits.  One block, one update."""
         if self._end is not None:
             return
         news = False
-        for balance, block_hash in states:
-            wallet_id = balance.wallet.wallet_id
-            if wallet_id in self.wallets and self._is_news(wallet_id, balance):
-                self._pending[wallet_id] = (balance, block_hash)
+        for offered in states:
+            wallet_id = offered.balance.wallet.wallet_id
+            if wallet_id in self.wallets and self._is_news(wallet_id, offered.balance):
+                self._pending[wallet_id] = offered
                 news = True
         if news:
             self._updates += 1
@@ -107,7 +145,9 @@ class Subscription:
             self._wakeup.set()
 
     def drop_wallet(self, wallet_id: str) -> None:
-        self.wallets.pop(wallet_id, None)
+        wallet = self.wallets.pop(wallet_id, None)
+        if wallet is not None:
+            self._at.pop((wallet.network, wallet.address), None)
         self._pending.pop(wallet_id, None)
         self._sent.pop(wallet_id, None)
 
@@ -130,20 +170,23 @@ class Subscription:
     def _take(self) -> WatchUpdate:
         pending, self._pending = self._pending, {}
         updates, self._updates = self._updates, 0
+        sent = self._sent
         wallets = []
-        for wallet_id, (balance, block_hash) in pending.items():
-            previous = self._sent.get(wallet_id)
-            self._sent[wallet_id] = balance
-            wallets.append(WalletUpdate(balance, block_hash, _changes(previous, balance)))
+        for wallet_id, offered in pending.items():
+            wallets.append(offered.update_from(sent.get(wallet_id)))
+            sent[wallet_id] = offered.balance
         return WatchUpdate(tuple(wallets), coalesced_updates=max(updates - 1, 0))
 
     def _is_news(self, wallet_id: str, balance: WalletBalance) -> bool:
         """Newer than and different from what the consumer has or is about to get."""
         pending = self._pending.get(wallet_id)
-        reference = pending[0] if pending is not None else self._sent.get(wallet_id)
+        reference = pending.balance if pending is not None else self._sent.get(wallet_id)
         if reference is None:
             return True
-        return balance.block_number > reference.block_number and _raw(balance) != _raw(reference)
+        # The amounts come in the network's token order; each compares currency and raw.
+        return (
+            balance.block_number > reference.block_number and balance.amounts != reference.amounts
+        )
 
 
 class WatchHub:
@@ -250,36 +293,52 @@ class WatchHub:
         self._offer(block, addresses, snapshot)
 
     def _offer(self, block: BlockRef, addresses: Iterable[str], snapshot: Snapshot) -> None:
-        by_subscription: dict[Subscription, list[tuple[WalletBalance, str]]] = {}
+        """Each watched wallet described once; each subscription pushed once (one update)."""
+        network, balances = block.network, snapshot.balances
+        offered: dict[tuple[str, str], _Offered] = {}  # by (tenant, wallet ID)
+        several: dict[Subscription, list[_Offered]] = {}  # customer watches, pushed last
         for address in addresses:
-            if address not in snapshot.balances:
+            watchers = self._by_address.get((network, address))
+            if not watchers or address not in balances:
                 continue
-            for subscription in self._by_address.get((block.network, address), ()):
-                for wallet in subscription.wallets.values():
-                    if (wallet.network, wallet.address) == (block.network, address):
-                        state = (self._describe(wallet, snapshot), block.hash)
-                        by_subscription.setdefault(subscription, []).append(state)
-        for subscription, states in by_subscription.items():
+            for subscription in watchers:
+                wallet = subscription.wallet_at(network, address)
+                if wallet is None:
+                    continue
+                key = (wallet.tenant, wallet.wallet_id)
+                state = offered.get(key)
+                if state is None:
+                    state = offered[key] = _Offered(self._describe(wallet, snapshot), block.hash)
+                if len(subscription.wallets) == 1:
+                    subscription.push((state,))  # its only wallet: nothing else to wait for
+                else:
+                    several.setdefault(subscription, []).append(state)
+        for subscription, states in several.items():
             subscription.push(states)
 
 
-def _raw(balance: WalletBalance) -> dict[str, int]:
-    return {a.currency: a.raw for a in balance.amounts}
-
-
 def _changes(previous: WalletBalance | None, current: WalletBalance) -> tuple[BalanceChange, ...]:
-    before: dict[str, TokenAmount] = (
-        {a.currency: a for a in previous.amounts} if previous is not None else {}
+    """What differs from ``previous`` (None: everything, from 0).  A plain loop: this runs
+    for every stream at every block."""
+    network, address = current.wallet.network, current.wallet.address
+    if previous is not None and len(previous.amounts) == len(current.amounts):
+        found = []
+        for before, now in zip(previous.amounts, current.amounts, strict=True):
+            if before.currency != now.currency:
+                break  # the network's tokens changed order: compare by currency below
+            if before.raw != now.raw:
+                found.append(
+                    BalanceChange(network, address, now.currency, now.decimals, before.raw, now.raw)
+                )
+        else:
+            return tuple(found)
+    before_by_currency: dict[str, int] = (
+        {a.currency: a.raw for a in previous.amounts} if previous is not None else {}
     )
     return tuple(
         BalanceChange(
-            current.wallet.network,
-            current.wallet.address,
-            a.currency,
-            a.decimals,
-            before[a.currency].raw if a.currency in before else 0,
-            a.raw,
+            network, address, a.currency, a.decimals, before_by_currency.get(a.currency, 0), a.raw
         )
         for a in current.amounts
-        if a.currency not in before or before[a.currency].raw != a.raw
+        if before_by_currency.get(a.currency) != a.raw
     )
