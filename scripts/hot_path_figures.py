@@ -8,14 +8,14 @@ per request (from /proc).  h2load counts HTTP 200 even for gRPC errors, so
 each server is first checked with a real gRPC call, and h2load's responses
 with their size.  The server's rate limits are lifted for the measurement.
 
-    .venv/bin/python scripts/hot_path_figures.py warm [--baseline DIR] [--rounds 5]
+    .venv/bin/python -m scripts.hot_path_figures warm [--baseline DIR] [--rounds 5]
 
 ``lookup``: one 10-wallet customer in a 100,000-wallet tenant: the lookup's
 time (median of many) and SQLite VM steps, on the schema before this fix
 (version 4, never analyzed) and now: the bare statement, through the store
 (one round trip to the database thread) and through its cache (warm).
 
-    .venv/bin/python scripts/hot_path_figures.py lookup [--wallets 100000]
+    .venv/bin/python -m scripts.hot_path_figures lookup [--wallets 100000]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import sqlite3
 import statistics
 import struct
@@ -41,6 +40,7 @@ from pathlib import Path
 from grpc import aio
 
 from balances.v1 import balances_pb2, balances_pb2_grpc
+from scripts.bench.processes import serve_logged, serving_port
 from service.devchain.anvil import AnvilNode
 from service.devchain.world import (
     ETHEREUM,
@@ -58,7 +58,6 @@ from service.store.sqlite.wallets import CUSTOMER_WALLETS
 HERE = Path(__file__).resolve().parent.parent
 WALLET = "wal_alice_polygon"
 METHOD = "/balances.v1.BalancesService/GetWalletBalance"
-SERVING = re.compile(r"serving gRPC on port (\d+)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -210,42 +209,18 @@ async def _start(
         tree, "keys", "create", "--tenant", "default", "--config", str(config), cwd=workdir
     )
     key = created.strip()
-    log_path = workdir / "server.log"
-    log = log_path.open("wb")
-    stack.callback(log.close)
-    process = await asyncio.create_subprocess_exec(
+    argv = (
         sys.executable,
         "-c",
         "import sys; from service.cli import main; sys.exit(main())",
         "serve",
         "--config",
         str(config),
-        cwd=workdir,
-        env=_environment(tree),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
     )
-
-    async def stop() -> None:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-    stack.push_async_callback(stop)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = SERVING.search(log_path.read_text(errors="replace"))
-        if found:
-            return Server(name, tree, process.pid, int(found.group(1)), key)
-        if process.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"the {name} server did not start; see {log_path}")
+    process, log = await serve_logged(
+        stack, argv, workdir / "server.log", cwd=workdir, env=_environment(tree)
+    )
+    return Server(name, tree, process.pid, serving_port(log), key)
 
 
 async def _check(server: Server) -> int:

@@ -15,7 +15,7 @@ rounds; the ratio loaded p99 / unloaded p99 is printed per round.  The server
 runs with the default ``[limits]`` unless ``--limits`` names a TOML file whose
 ``[limits]`` table replaces them.
 
-    .venv/bin/python scripts/noisy_neighbour.py [--samples 2000] [--rounds 3]
+    .venv/bin/python -m scripts.noisy_neighbour [--samples 2000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -42,6 +40,7 @@ import grpc
 from grpc import aio
 
 from balances.v1 import balances_pb2, balances_pb2_grpc, wallets_pb2, wallets_pb2_grpc
+from scripts.bench.processes import serve_logged, serving_port
 from service.auth.keys import new_api_key
 from service.devchain.anvil import AnvilNode
 from service.devchain.world import (
@@ -62,7 +61,6 @@ from service.store.sqlite import open_sqlite_stores
 QUIET, NOISY = "quiet", "noisy"
 QUIET_WALLET = "wal_alice_polygon"
 NOISY_ADDRESS = "0xd3e0000000000000000000000000000000000002"  # a demo address on polygon
-SERVING = re.compile(r"serving gRPC on port (\d+)")
 
 
 @dataclass
@@ -178,40 +176,9 @@ async def _start_server(
 ) -> int:
     balances = str(Path(sys.executable).with_name("balances"))
     profiled = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else []
-    log_path = workdir / "server.log"
-    log = log_path.open("wb")
-    stack.callback(log.close)
-    process = await asyncio.create_subprocess_exec(
-        *profiled,
-        balances,
-        "serve",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        cwd=workdir,
-    )
-
-    async def stop() -> None:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-    stack.push_async_callback(stop)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = SERVING.search(log_path.read_text(errors="replace"))
-        if found:
-            return int(found.group(1))
-        if process.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"the server did not start; see {log_path}")
+    argv = [*profiled, balances, "serve", "--config", str(config)]
+    _process, log = await serve_logged(stack, argv, workdir / "server.log", cwd=workdir)
+    return serving_port(log)
 
 
 async def _import_noisy_wallet(target: str, key: str) -> str:

@@ -13,13 +13,21 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from service import children
 
-__all__ = ["Server", "cpu_seconds", "start_reference", "start_server"]
+__all__ = [
+    "Server",
+    "cpu_seconds",
+    "serve_logged",
+    "serving_port",
+    "start_reference",
+    "start_server",
+]
 
 _GRPC = re.compile(r"serving gRPC on port (\d+)")
 _REST = re.compile(r"serving REST.*? on port (\d+)")
@@ -59,36 +67,59 @@ async def _stopper(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
+async def serve_logged(
+    stack: AsyncExitStack,
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a ``balances serve`` command line, logging to ``log_path``, and wait until it
+    serves: the process (stopped with SIGTERM when ``stack`` closes) and its log so far.
+
+    Shared by the bench and the scripts under ``scripts/``; started through
+    ``service.children`` so the server dies with whoever started it.
+    """
+    log = log_path.open("wb")
+    stack.callback(log.close)
+    process = await children.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+    )
+    stack.push_async_callback(_stopper, process)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = await asyncio.to_thread(log_path.read_text, errors="replace")
+        if _GRPC.search(text):
+            return process, text
+        if process.returncode is not None:
+            break
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"the server did not start; see {log_path}")
+
+
 async def start_server(stack: AsyncExitStack, name: str, config: Path, workdir: Path) -> Server:
     """``balances serve --config``; returns once it serves (ports read from its log)."""
     balances = str(Path(sys.executable).with_name("balances"))
     log_path = workdir / f"{name}.log"
-    log = log_path.open("wb")
-    stack.callback(log.close)
-    process = await children.create_subprocess_exec(
-        balances,
-        "serve",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        cwd=workdir,
-    )
-    stack.push_async_callback(_stopper, process)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        found = _GRPC.search(text)
-        if found:
-            rest = _REST.search(text)
-            return Server(
-                name, process, int(found.group(1)), int(rest.group(1)) if rest else None, log_path
-            )
-        if process.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"bench: the {name} server did not start; see {log_path}")
+    argv = (balances, "serve", "--config", str(config))
+    process, text = await serve_logged(stack, argv, log_path, cwd=workdir)
+    grpc_port = serving_port(text)
+    rest = _REST.search(text)
+    return Server(name, process, grpc_port, int(rest.group(1)) if rest else None, log_path)
+
+
+def serving_port(log_text: str) -> int:
+    """The gRPC port a ``balances serve`` log says it serves on."""
+    found = _GRPC.search(log_text)
+    assert found is not None
+    return int(found.group(1))
 
 
 async def start_reference(stack: AsyncExitStack, kind: str, payload: Path) -> Server:
