@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from service.devchain.anvil import AnvilFactory, AnvilNode
@@ -18,6 +21,7 @@ from service.devchain.world import (
     deploy_network,
     fund_wallets,
 )
+from tests.support.databases import PostgresServer, RedisServer, postgres_server, redis_server
 from tests.support.stack import Stack, running_stack
 
 
@@ -70,3 +74,35 @@ async def stack(world: DemoWorld, tmp_path: Path) -> AsyncIterator[Stack]:
     """A fresh server (cold cache, new directory) over the shared world."""
     async with running_stack(world, tmp_path) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for the session; tests take a database of their own."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL."""
+    return postgres.create_database(f"balances_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """One throwaway Redis for the session."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis: RedisServer) -> str:
+    """The session's Redis, emptied first (tests run one at a time)."""
+    subprocess.run(
+        ["redis-cli", "-p", str(redis.port), "FLUSHALL"],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    return redis.url()
