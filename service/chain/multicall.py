@@ -20,12 +20,18 @@ The decoder follows every offset as ``eth_abi`` (strict) does and refuses what i
 refuses (``MalformedAnswer``): an offset into the head or past the end, a length
 past the end, a bool that is not 0 or 1, non-zero padding.  Like ``eth_abi`` and
 Solidity's ``abi.decode`` it ignores bytes after what the offsets reach; the
-reader checks that there is one result per call.  ``tests/unit/test_multicall_codec.py``
-holds both directions to ``eth_abi`` over random and corrupted inputs.
+reader checks that there is one result per call.  The leading results that have the
+canonical shape of a one-word answer (balance reads, Multicall3's getters) are read in
+one pass: their offsets compared with the expected ones, their words matched by one
+regex; the general loop reads whatever follows (price feeds' longer answers, failures).
+The reader builds the calldata from per-token templates (``holder_call_prefix``) filled
+with each holder's 20 bytes.  ``tests/unit/test_multicall_codec.py`` holds both directions
+to ``eth_abi`` over random and corrupted inputs, the one-word fast path included.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
@@ -46,13 +52,19 @@ __all__ = [
     "CallResult",
     "MalformedAnswer",
     "address_arg",
+    "call_tuple",
     "calldata_size",
     "decode_aggregate3",
     "decode_symbol",
     "decode_uint",
     "encode_aggregate3",
+    "encode_tuples",
+    "holder_call_prefix",
+    "holder_call_tuple",
+    "holder_raw",
     "int_word",
     "split_calls",
+    "split_sizes",
     "uint_word",
 ]
 
@@ -101,10 +113,7 @@ class CallResult(NamedTuple):
 
 def address_arg(address: str) -> bytes:
     """An address as one 32-byte ABI word (12 zero bytes, then its 20 bytes)."""
-    raw = bytes.fromhex(address[2:])  # skips spaces: hence the length checks
-    if len(address) != 42 or len(raw) != 20 or address[:2] not in ("0x", "0X"):
-        raise ValueError("an address is 0x followed by 40 hex digits")
-    return _ZEROS[12] + raw
+    return _ZEROS[12] + holder_raw(address)
 
 
 @lru_cache(maxsize=1024)  # targets are the few tokens, feeds and Multicall3 itself
@@ -123,22 +132,102 @@ def calldata_size(calls: Sequence[Call]) -> int:
     return _EMPTY + sum(_call_size(c.data) for c in calls)
 
 
+def call_tuple(call: Call) -> bytes:
+    """One call's ``(address,bool,bytes)`` tuple as it sits in the calldata (its offset
+    word, in the array's head, comes on top: ``encode_tuples``)."""
+    size = len(call.data)
+    return b"".join(
+        (_call_head(call.target), size.to_bytes(32, "big"), call.data, _ZEROS[-size % 32])
+    )
+
+
+# A call of ``selector(address holder)``: 36 bytes of callData, padded to 64.  Its tuple is
+# a prefix fixed per (target, selector), the holder's 20 bytes, then 28 zero bytes.
+_HOLDER_DATA = 4 + _WORD
+_HOLDER_PAD = _ZEROS[-_HOLDER_DATA % 32]
+
+
+@lru_cache(maxsize=1024)
+def holder_call_prefix(target: str, selector: bytes) -> bytes:
+    """The bytes of a ``selector(address)`` call tuple before the holder's 20 address bytes."""
+    return _call_head(target) + _HOLDER_DATA.to_bytes(32, "big") + selector + _ZEROS[12]
+
+
+def holder_call_tuple(prefix: bytes, holder: bytes) -> bytes:
+    """``call_tuple(Call(target, selector + address word))`` from its prefix and the holder's
+    20 raw bytes (``holder_raw``): no per-call encoding on the hot path."""
+    return prefix + holder + _HOLDER_PAD
+
+
+def holder_raw(address: str) -> bytes:
+    """An address's 20 bytes; ``ValueError`` unless it is 0x and 40 hex digits."""
+    raw = bytes.fromhex(address[2:])  # skips spaces: hence the length checks
+    if len(address) != 42 or len(raw) != 20 or address[:2] not in ("0x", "0X"):
+        raise ValueError("an address is 0x followed by 40 hex digits")
+    return raw
+
+
 def encode_aggregate3(calls: Sequence[Call]) -> bytes:
     """Calldata for ``aggregate3`` with allowFailure=true on every call.
 
     Failures are allowed so that one bad token is reported by name instead of
     reverting the whole snapshot.
     """
+    return encode_tuples([call_tuple(c) for c in calls])
+
+
+def encode_tuples(tuples: Sequence[bytes]) -> bytes:
+    """Calldata for ``aggregate3`` of calls already encoded (``call_tuple``)."""
     offsets: list[bytes] = []
-    tuples: list[bytes] = []
-    at = _WORD * len(calls)  # tuple offsets count from the end of the array's length word
-    for target, data in calls:
-        size = len(data)
-        encoded = b"".join((_call_head(target), size.to_bytes(32, "big"), data, _ZEROS[-size % 32]))
-        offsets.append(at.to_bytes(32, "big"))
-        tuples.append(encoded)
+    append = offsets.append
+    at = _WORD * len(tuples)  # tuple offsets count from the end of the array's length word
+    for encoded in tuples:
+        append(at.to_bytes(32, "big"))
         at += len(encoded)
-    return b"".join((_FIXED, len(calls).to_bytes(32, "big"), *offsets, *tuples))
+    return b"".join((_FIXED, len(tuples).to_bytes(32, "big"), *offsets, *tuples))
+
+
+# A run of results of the regular shape (a one-word answer: success, returnData's offset
+# 0x40, length 32, the word), back to back.
+_REGULAR_RUN = re.compile(rb"(?:\x00{31}[\x00\x01]\x00{31}\x40\x00{31}\x20.{32})*", re.DOTALL)
+_REGULAR_SIZE = 4 * _WORD
+_MAX_REGULAR = 4096  # results in an answer the fast path considers (a batch is at most ~1,000)
+
+
+@lru_cache(maxsize=64)
+def _regular_heads(n: int) -> bytes:
+    """The element offsets of ``n`` results of the regular shape, back to back."""
+    return b"".join((_WORD * n + _REGULAR_SIZE * i).to_bytes(32, "big") for i in range(n))
+
+
+def _regular_run(data: bytes, base: int, n: int, heads_end: int) -> list[CallResult]:
+    """The leading results that are one-word answers at their canonical offsets (balance
+    reads, Multicall3's getters), read in a few comparisons and one regex pass; the
+    general loop goes on from there.  What this reads, it reads as the loop would."""
+    if n > _MAX_REGULAR:
+        return []
+    expected = _regular_heads(n)
+    heads = data[base:heads_end]
+    if heads == expected:
+        count = n
+    else:  # the longest prefix of canonical offsets (binary search on prefix equality)
+        low, high = 0, n
+        while low < high:
+            middle = (low + high + 1) // 2
+            if heads[: _WORD * middle] == expected[: _WORD * middle]:
+                low = middle
+            else:
+                high = middle - 1
+        # Offset ``low`` is off: result ``low - 1`` is not 128 bytes long, so not regular.
+        count = max(low - 1, 0)
+    stop = min(heads_end + _REGULAR_SIZE * count, len(data))
+    # Greedy: as many whole regular results as there are from the first on.
+    run = _REGULAR_RUN.match(data, heads_end, stop)  # matches, if only the empty run
+    stop = run.end() if run is not None else heads_end
+    return [
+        CallResult(data[at + 31] == 1, data[at + 96 : at + 128])
+        for at in range(heads_end, stop, _REGULAR_SIZE)
+    ]
 
 
 def decode_aggregate3(data: bytes) -> list[CallResult]:
@@ -151,12 +240,13 @@ def decode_aggregate3(data: bytes) -> list[CallResult]:
     if not _WORD <= start <= end - _WORD:
         raise MalformedAnswer("array offset out of bounds")
     base = start + _WORD  # where the element offsets start, and what they count from
-    heads_end = base + _WORD * word(data[start:base], "big")
+    n = word(data[start:base], "big")
+    heads_end = base + _WORD * n
     if heads_end > end:
         raise MalformedAnswer("more results than the answer holds")
-    results: list[CallResult] = []
+    results = _regular_run(data, base, n, heads_end)
     append = results.append
-    for at in range(base, heads_end, _WORD):
+    for at in range(base + _WORD * len(results), heads_end, _WORD):
         item = base + word(data[at : at + 32], "big")
         # Not into the offsets, and room for its first two words.
         if not heads_end <= item <= end - 2 * _WORD:
@@ -191,20 +281,28 @@ def split_calls(
     its chunk over the budget starts the next one; a call alone over it goes alone), but
     measured on the whole encoded calldata, which is what a node's request limit sees,
     where viem counts only the calls' own data (``batchSize``, 1,024 bytes by default)."""
+    cuts = split_sizes(
+        [_call_size(c.data) for c in calls], max_calls=max_calls, max_bytes=max_bytes
+    )
+    return [calls[start:stop] for start, stop in cuts]
+
+
+def split_sizes(sizes: Sequence[int], *, max_calls: int, max_bytes: int) -> list[tuple[int, int]]:
+    """``split_calls`` on the calls' sizes (what each adds to the calldata: its tuple and
+    its offset word): the ``(start, stop)`` of each chunk."""
     if max_calls < 1:
         raise ValueError("max_calls must be at least 1")
-    chunks: list[Sequence[Call]] = []
+    chunks: list[tuple[int, int]] = []
     first = 0
     size = _EMPTY
-    for i, call in enumerate(calls):
-        grown = _call_size(call.data)
+    for i, grown in enumerate(sizes):
         if i > first and (i - first >= max_calls or size + grown > max_bytes):
-            chunks.append(calls[first:i])
+            chunks.append((first, i))
             first = i
             size = _EMPTY
         size += grown
-    if first < len(calls):
-        chunks.append(calls[first:])
+    if first < len(sizes):
+        chunks.append((first, len(sizes)))
     return chunks
 
 

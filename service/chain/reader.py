@@ -28,8 +28,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from service.chain.cross_check import CrossCheck
 from service.chain.multicall import (
@@ -44,16 +43,19 @@ from service.chain.multicall import (
     Call,
     CallResult,
     MalformedAnswer,
-    address_arg,
+    call_tuple,
     decode_aggregate3,
     decode_symbol,
     decode_uint,
-    encode_aggregate3,
+    encode_tuples,
+    holder_call_prefix,
+    holder_call_tuple,
+    holder_raw,
     int_word,
-    split_calls,
+    split_sizes,
     uint_word,
 )
-from service.chain.providers import Endpoint, ProviderFault, ProviderPool, RpcError
+from service.chain.providers import Endpoint, HexData, ProviderFault, ProviderPool, RpcError
 from service.domain import BlockHeader, FeedPrice, FeedReading, Snapshot, Token
 from service.errors import ChainUnavailable, ConfigError
 from service.settings import NetworkSettings
@@ -66,14 +68,22 @@ T = TypeVar("T")
 _HASH = 66  # "0x" and 32 bytes in hex
 
 
-@dataclass(frozen=True)
-class _Read:
-    """One planned read: a holder's balance of a token, or one of a token's feed calls."""
+class _Extra(NamedTuple):
+    """A read that is not a holder's balance: one of a token's feed calls, or a start-up check."""
 
     token: Token
-    holder: str | None  # None for price-feed reads
     call: Call
-    what: str  # "balance", "feed answer", "feed decimals", "decimals" or "symbol"
+    what: str  # "feed answer", "feed decimals", "decimals" or "symbol"
+
+
+class _Plan(NamedTuple):
+    """A snapshot's reads, in result order: every configured token's balance of each holder
+    (holder after holder, tokens in configured order), then the ``extra`` reads.  No
+    object per read: the holders as given, and their calls encoded from the templates."""
+
+    holders: Sequence[str]
+    extra: tuple[_Extra, ...]
+    tuples: list[bytes]  # every call encoded for aggregate3, after the head's two
 
 
 class ChainReader:
@@ -91,6 +101,26 @@ class ChainReader:
             CrossCheck(pool, network.verify_providers, _block_hash)
             if network.verify_providers >= 2
             else None
+        )
+        # Per network, once: each token's balance-call template, the head's and the feeds'
+        # encoded calls.  A snapshot only adds each holder's 20 bytes to the templates.
+        multicall3 = network.multicall3
+        self._prefixes = tuple(
+            holder_call_prefix(multicall3, GET_ETH_BALANCE)
+            if token.address is None
+            else holder_call_prefix(token.address, BALANCE_OF)
+            for token in network.tokens
+        )
+        self._currencies = tuple(token.currency for token in network.tokens)
+        self._head = (
+            call_tuple(Call(multicall3, GET_BLOCK_NUMBER)),
+            call_tuple(Call(multicall3, GET_CURRENT_BLOCK_TIMESTAMP)),
+        )
+        self._feed_reads = tuple(
+            _Extra(token, Call(token.price.address, selector), what)
+            for token in network.tokens
+            if isinstance(token.price, FeedPrice)
+            for selector, what in ((LATEST_ROUND_DATA, "feed answer"), (DECIMALS, "feed decimals"))
         )
 
     @property
@@ -128,14 +158,15 @@ class ChainReader:
         whose ``decimals()`` cannot be read (no contract yet, say) is logged and left
         to fail its reads by name; a ``symbol()`` that is absent or neither a string nor
         a bytes32 is not checked.  The native coin has neither."""
-        reads = [
-            _Read(token, None, Call(token.address, selector), what)
+        checks = tuple(
+            _Extra(token, Call(token.address, selector), what)
             for token in self.network.tokens
             if token.address is not None
             for selector, what in ((DECIMALS, "decimals"), (SYMBOL, "symbol"))
-        ]
-        if not reads:
+        )
+        if not checks:
             return
+        reads = self._plan((), checks)
 
         async def read(endpoint: Endpoint) -> list[CallResult]:
             # The head, whatever the read depth: a young chain's confirmed block may
@@ -198,14 +229,14 @@ class ChainReader:
         The block is the network's read block (tag, or head minus confirmations),
         or ``block_number`` when a caller (the block follower) has chosen it.
         """
-        reads = self._plan(addresses, with_prices)
+        reads = self._plan(addresses, self._feed_reads if with_prices else ())
 
         async def read(endpoint: Endpoint) -> Snapshot:
             if block_number is not None:
                 number, timestamp, results = await self._read_at(endpoint, reads, hex(block_number))
                 if self._cross_check is not None:
                     await self._cross_check.verify(endpoint, number, timeout=timeout)
-                return self._assemble(addresses, reads, results, number, timestamp)
+                return self._assemble(reads, results, number, timestamp)
             block = await self._block_selector(endpoint)
             number, timestamp, results = await self._read_at(endpoint, reads, block)
             if number < self._highest_returned:
@@ -225,7 +256,7 @@ class ChainReader:
                 raise ProviderFault(
                     f"at block {number}, older than block {self._highest_returned} already served"
                 )
-            snapshot = self._assemble(addresses, reads, results, number, timestamp)
+            snapshot = self._assemble(reads, results, number, timestamp)
             # Checked and raised with no await between: concurrent reads cannot interleave.
             self._highest_returned = number
             return snapshot
@@ -233,7 +264,7 @@ class ChainReader:
         return await self._run(read, timeout)
 
     async def _read_at(
-        self, endpoint: Endpoint, reads: list[_Read], block: str
+        self, endpoint: Endpoint, reads: _Plan, block: str
     ) -> tuple[int, int, list[CallResult]]:
         """Every read of ``reads`` at ``block`` (a tag or a hex number) on one provider."""
         read = self._read_multicall if self._has_multicall else self._read_batch
@@ -241,25 +272,6 @@ class ChainReader:
         if block.startswith("0x") and number != int(block, 16):
             raise ProviderFault(f"asked for block {int(block, 16)}, answered block {number}")
         return number, timestamp, results
-
-    def _plan(self, addresses: Sequence[str], with_prices: bool) -> list[_Read]:
-        reads: list[_Read] = []
-        multicall3 = self.network.multicall3
-        for holder in addresses:
-            word = address_arg(holder)  # once per holder, whatever the number of tokens
-            for token in self.network.tokens:
-                if token.address is None:
-                    call = Call(multicall3, GET_ETH_BALANCE + word)
-                else:
-                    call = Call(token.address, BALANCE_OF + word)
-                reads.append(_Read(token, holder, call, "balance"))
-        if with_prices:
-            for token in self.network.tokens:
-                if isinstance(token.price, FeedPrice):
-                    feed = token.price.address
-                    reads.append(_Read(token, None, Call(feed, LATEST_ROUND_DATA), "feed answer"))
-                    reads.append(_Read(token, None, Call(feed, DECIMALS), "feed decimals"))
-        return reads
 
     async def head_number(self) -> int:
         """The latest block number, from the best provider."""
@@ -288,20 +300,25 @@ class ChainReader:
         return hex(max(head - self.network.confirmations, 0))
 
     async def _read_multicall(
-        self, endpoint: Endpoint, reads: list[_Read], block: str
+        self, endpoint: Endpoint, reads: _Plan, block: str
     ) -> tuple[int, int, list[CallResult]]:
-        head = [
-            Call(self.network.multicall3, GET_BLOCK_NUMBER),
-            Call(self.network.multicall3, GET_CURRENT_BLOCK_TIMESTAMP),
-        ]
+        tuples = reads.tuples
         # Cut by count and by calldata size; the head's two calls are small, so the
         # first chunk always holds them.
-        first, *rest = split_calls(
-            [*head, *(r.call for r in reads)],
+        cuts = split_sizes(
+            [len(t) + 32 for t in tuples],  # a tuple and its offset word
             max_calls=self.network.max_calls_per_batch,
             max_bytes=MAX_CALLDATA_BYTES,
         )
-        first_results = await self._aggregate3(endpoint, first, block)
+        chunks = [tuples[start:stop] for start, stop in cuts]
+        if block.startswith("0x"):
+            # Pinned already (the follower's block, or head minus confirmations): every
+            # chunk goes at once.
+            every = await asyncio.gather(*(self._aggregate3(endpoint, c, block) for c in chunks))
+            first_results, more = every[0], every[1:]
+        else:
+            first_results = await self._aggregate3(endpoint, chunks[0], block)
+            more = []
         try:
             number = self._uint(first_results[0], "block number")
             timestamp = self._uint(first_results[1], "block timestamp")
@@ -309,20 +326,33 @@ class ChainReader:
             raise ProviderFault("Multicall3 block fields are malformed") from exc
         if block == "latest":
             endpoint.note_head(number)
-        # The first call fixed the block; the remaining chunks are pinned to its number.
-        more = await asyncio.gather(
-            *(self._aggregate3(endpoint, chunk, hex(number)) for chunk in rest)
-        )
-        results = first_results[len(head) :]
+        if not block.startswith("0x"):
+            # The first call fixed the block; the remaining chunks are pinned to its number.
+            more = await asyncio.gather(
+                *(self._aggregate3(endpoint, chunk, hex(number)) for chunk in chunks[1:])
+            )
+        results = first_results[len(self._head) :]
         for chunk_results in more:
             results.extend(chunk_results)
         return number, timestamp, results
 
+    def _plan(self, holders: Sequence[str], extra: tuple[_Extra, ...]) -> _Plan:
+        """The reads, their calls encoded from the templates (a malformed address raises
+        ``ValueError`` here, before any provider is asked)."""
+        tuples = list(self._head)
+        extend = tuples.extend
+        prefixes = self._prefixes
+        for holder in holders:
+            raw = holder_raw(holder)
+            extend([holder_call_tuple(prefix, raw) for prefix in prefixes])
+        extend([call_tuple(read.call) for read in extra])
+        return _Plan(holders, extra, tuples)
+
     async def _aggregate3(
-        self, endpoint: Endpoint, calls: Sequence[Call], block: str
+        self, endpoint: Endpoint, tuples: Sequence[bytes], block: str
     ) -> list[CallResult]:
         """One ``aggregate3`` call; anything but a well-formed answer is the provider's fault."""
-        payload = {"to": self.network.multicall3, "data": "0x" + encode_aggregate3(calls).hex()}
+        payload = {"to": self.network.multicall3, "data": HexData.of(encode_tuples(tuples))}
         data = _data(await endpoint.request("eth_call", [payload, block]), "eth_call result")
         if not data:
             raise ProviderFault("Multicall3 returned no data")
@@ -330,12 +360,12 @@ class ChainReader:
             results = decode_aggregate3(data)
         except MalformedAnswer as exc:
             raise ProviderFault("Multicall3 answer is malformed") from exc
-        if len(results) != len(calls):
+        if len(results) != len(tuples):
             raise ProviderFault("Multicall3 answer has the wrong number of results")
         return results
 
     async def _read_batch(
-        self, endpoint: Endpoint, reads: list[_Read], block: str
+        self, endpoint: Endpoint, reads: _Plan, block: str
     ) -> tuple[int, int, list[CallResult]]:
         header = _header(await endpoint.request("eth_getBlockByNumber", [block, False]), block)
         number, timestamp = header.number, header.timestamp
@@ -343,18 +373,26 @@ class ChainReader:
             endpoint.note_head(number)
         pinned = hex(number)
         requests: list[tuple[str, list[Any]]] = []
-        for read in reads:
-            if read.token.address is None and read.holder is not None:
-                requests.append(("eth_getBalance", [read.holder, pinned]))
-            else:
-                call = {"to": read.call.target, "data": "0x" + read.call.data.hex()}
-                requests.append(("eth_call", [call, pinned]))
+        native: list[bool] = []  # per request: an eth_getBalance (its answer is a quantity)
+        for holder in reads.holders:
+            word = b"\0" * 12 + holder_raw(holder)
+            for token in self.network.tokens:
+                native.append(token.address is None)
+                if token.address is None:
+                    requests.append(("eth_getBalance", [holder, pinned]))
+                else:
+                    call = {"to": token.address, "data": "0x" + (BALANCE_OF + word).hex()}
+                    requests.append(("eth_call", [call, pinned]))
+        for extra in reads.extra:
+            native.append(False)
+            call = {"to": extra.call.target, "data": "0x" + extra.call.data.hex()}
+            requests.append(("eth_call", [call, pinned]))
         answers = await endpoint.batch(requests)
         results = []
-        for read, answer in zip(reads, answers, strict=True):
+        for is_native, answer in zip(native, answers, strict=True):
             if isinstance(answer, RpcError):
                 results.append(CallResult(False, b""))
-            elif read.token.address is None and read.holder is not None:
+            elif is_native:
                 balance = _quantity(answer, "eth_getBalance result")
                 results.append(CallResult(True, balance.to_bytes(32, "big")))
             else:
@@ -362,31 +400,37 @@ class ChainReader:
         return number, timestamp, results
 
     def _assemble(
-        self,
-        addresses: Sequence[str],
-        reads: list[_Read],
-        results: list[CallResult],
-        number: int,
-        timestamp: int,
+        self, reads: _Plan, results: list[CallResult], number: int, timestamp: int
     ) -> Snapshot:
-        balances: dict[str, dict[str, int]] = {a: {} for a in addresses}
+        per_holder = len(self._currencies)
+        count = per_holder * len(reads.holders)
+        if len(results) != count + len(reads.extra):
+            raise ProviderFault("wrong number of results")
+        # The per-call path: one uint256 word, sliced (the answer may be longer).
+        amounts = [
+            int.from_bytes(data[:32], "big") if success and len(data) >= 32 else None
+            for success, data in results[:count]
+        ]
+        if None in amounts:
+            at = amounts.index(None)
+            success, data = results[at]
+            raise self._unreadable("balance", data, success, self.network.tokens[at % per_holder])
+        currencies = self._currencies
+        # zip stops at the currencies: each holder takes its own amounts from the iterator.
+        it = iter(cast(list[int], amounts))
+        balances = {holder: dict(zip(currencies, it, strict=False)) for holder in reads.holders}
         feed_answers: dict[str, list[int]] = {}
         feed_decimals: dict[str, int] = {}
-        for read, (success, data) in zip(reads, results, strict=True):
-            if read.holder is not None:
-                # The per-call path: one uint256 word, sliced (the answer may be longer).
-                if not success or len(data) < 32:
-                    raise self._unreadable(read.what, data, success, read.token)
-                balances[read.holder][read.token.currency] = int.from_bytes(data[:32], "big")
-            elif read.what == "feed decimals":
-                feed_decimals[read.token.currency] = self._words(
-                    read.what, data, success, read.token, [8]
+        for extra, (success, data) in zip(reads.extra, results[count:], strict=True):
+            if extra.what == "feed decimals":
+                feed_decimals[extra.token.currency] = self._words(
+                    extra.what, data, success, extra.token, [8]
                 )[0]
             else:
                 # latestRoundData(): roundId uint80, answer int256, startedAt, updatedAt,
                 # answeredInRound uint80; checked as eth_abi would check them.
-                feed_answers[read.token.currency] = self._words(
-                    read.what, data, success, read.token, [80, 0, 256, 256, 80]
+                feed_answers[extra.token.currency] = self._words(
+                    extra.what, data, success, extra.token, [80, 0, 256, 256, 80]
                 )
         feeds = {
             currency: FeedReading(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from google.api import annotations_pb2, http_pb2
@@ -33,21 +34,28 @@ class Route:
     response_body: str  # "" (the whole response) or a top-level field name
     method: MethodDescriptor
 
-    @property
+    # Looked up on every request: worked out once per route.
+    @cached_property
     def grpc_path(self) -> str:
         return f"/{self.method.containing_service.full_name}/{self.method.name}"
 
-    @property
+    @cached_property
     def request_class(self) -> type[Message]:
         return message_factory.GetMessageClass(self.method.input_type)
 
-    @property
+    @cached_property
     def response_class(self) -> type[Message]:
         return message_factory.GetMessageClass(self.method.output_type)
 
-    @property
+    @cached_property
     def server_streaming(self) -> bool:
         return bool(self.method.server_streaming)
+
+    @cached_property
+    def specificity(self) -> int:
+        """More literal segments, then a verb, win when several templates match a path."""
+        literals = sum(1 for segment in self.template.segments if isinstance(segment, str))
+        return literals * 2 + (self.template.verb is not None)
 
 
 @dataclass(frozen=True)
@@ -111,14 +119,11 @@ class RouteTable:
                 matches.append((route, variables))
         if not matches:
             return None
-        best = max(_specificity(route) for route, _ in matches)
-        matches = [(route, v) for route, v in matches if _specificity(route) == best]
+        if len(matches) == 1 and matches[0][0].http_method == http_method:
+            return RouteMatch(*matches[0])  # the usual case
+        best = max(route.specificity for route, _ in matches)
+        matches = [(route, v) for route, v in matches if route.specificity == best]
         for route, variables in matches:
             if route.http_method == http_method:
                 return RouteMatch(route, variables)
         return MethodNotAllowed(tuple(sorted({route.http_method for route, _ in matches})))
-
-
-def _specificity(route: Route) -> int:
-    literals = sum(1 for segment in route.template.segments if isinstance(segment, str))
-    return literals * 2 + (route.template.verb is not None)

@@ -17,6 +17,7 @@ from grpc import aio
 from service.errors import CannotListen
 from service.gateway.app import build_gateway_app
 from service.gateway.connections import ConnectionCaps, ConnectionGuard, fd_limit
+from service.gateway.inprocess import InProcessServer
 from service.gateway.limits import RestLimits
 from service.gateway.routes import routes_of
 
@@ -64,11 +65,16 @@ async def start_gateway(
     *,
     shutdown_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
+    in_process: InProcessServer | None = None,
 ) -> RunningGateway:
     """Serve REST on ``listen`` (HTTPS with ``ssl_context``), proxying to ``grpc_target``.
 
     ``grpc_target`` is any grpc target: ``HOST:PORT``, or ``unix:/path`` for the
-    private socket of an in-process server.
+    private socket of an in-process server.  ``reuse_port`` (SO_REUSEPORT) shares
+    ``listen`` with other processes on purpose (``serve --workers``); without it a
+    taken port is an error, never shared.  With ``in_process`` (that server's handlers,
+    recorded by ``InProcessServer.record``) unary calls skip the channel; streams use it.
     """
     caps = ConnectionCaps.derive(
         fd_limit(),
@@ -81,7 +87,9 @@ async def start_gateway(
         keepalive_timeout=limits.keepalive_timeout_seconds,
     )
     channel = aio.insecure_channel(grpc_target)
-    app = build_gateway_app(channel, routes_of(services), limits, title="Balances API")
+    app = build_gateway_app(
+        channel, routes_of(services), limits, title="Balances API", in_process=in_process
+    )
     app.middlewares.insert(0, guard.middleware)  # outermost: it sees each request head first
     # handler_cancellation: a client that goes away cancels its gRPC call (a watch, say).
     # aiohttp's own keep-alive timer only backs up the guard's.
@@ -105,6 +113,7 @@ async def start_gateway(
                 int(port),
                 ssl=ssl_context,
                 backlog=_ACCEPT_BATCH,
+                reuse_port=reuse_port,
                 ssl_handshake_timeout=(
                     limits.header_timeout_seconds if ssl_context is not None else None
                 ),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import unquote
 
 from service.errors import TemplateError
@@ -79,16 +80,39 @@ class PathTemplate:
                 return None
             body = body[: -len(suffix)]
         parts = body.split("/")
+        flat = self._flat
+        captured: dict[Variable, list[str]] = {}
+        if self._has_double_wildcard:
+            if not _match(flat, parts, captured):
+                return None
+        else:
+            # The common case, every request: one part per pattern element, no search.
+            if len(parts) != len(flat):
+                return None
+            for (kind, var), part in zip(flat, parts, strict=True):
+                if kind == "*":
+                    if var is None and not part:
+                        return None
+                elif part != kind:
+                    return None
+                if var is not None:
+                    captured.setdefault(var, []).append(part)
+        return {var.name: unquote("/".join(values)) for var, values in captured.items()}
+
+    @cached_property
+    def _flat(self) -> list[tuple[str, Variable | None]]:
+        """The segments as one element per path part: (literal, "*" or "**"; its variable)."""
         flat: list[tuple[str, Variable | None]] = []
         for segment in self.segments:
             if isinstance(segment, Variable):
                 flat.extend((p, segment) for p in segment.segments)
             else:
                 flat.append((segment, None))
-        captured: dict[Variable, list[str]] = {}
-        if not _match(flat, parts, captured):
-            return None
-        return {var.name: unquote("/".join(values)) for var, values in captured.items()}
+        return flat
+
+    @cached_property
+    def _has_double_wildcard(self) -> bool:
+        return any(kind == "**" for kind, _ in self._flat)
 
 
 def _parse_segments(text: str, source: str) -> list[Segment]:

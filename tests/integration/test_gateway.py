@@ -21,8 +21,10 @@ from grpc import aio
 
 from balances.v1 import balances_pb2
 from service.gateway.app import build_gateway_app
+from service.gateway.inprocess import InProcessServer
 from service.gateway.limits import RestLimits
 from service.gateway.routes import routes_of
+from service.grpc_server import create_server
 from tests.support.expected import (
     DOCUMENTED_CUSTOMER,
     DOCUMENTED_WALLET,
@@ -39,15 +41,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 LIMITS = RestLimits(max_body_bytes=4096, body_read_timeout_seconds=1.0)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def balances_gateway(stack: Stack) -> AsyncIterator[Gateway]:
+@pytest_asyncio.fixture(loop_scope="session", params=["channel", "in_process"])
+async def balances_gateway(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    """The shim over a channel (the sidecar), and calling the server's handlers (``serve``).
+
+    In process, the handlers are those of a second server over the same service, built
+    as ``balances serve`` builds its own and never started: nothing reaches its port.
+    """
     routes = routes_of(balances_pb2.DESCRIPTOR.services_by_name.values())
+    in_process = None
+    if request.param == "in_process":
+        in_process = InProcessServer()
+        server, _, _ = create_server(stack.service, "127.0.0.1:0", in_process=in_process)
     runner, base = await serve_gateway(
-        build_gateway_app(stack.channel, routes, LIMITS, title="Balances")
+        build_gateway_app(stack.channel, routes, LIMITS, title="Balances", in_process=in_process)
     )
     async with aiohttp.ClientSession() as http:
         yield Gateway(base, http, {"X-API-Key": stack.api_key})
     await runner.cleanup()
+    if in_process is not None:
+        await server.stop(None)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

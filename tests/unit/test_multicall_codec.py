@@ -4,6 +4,7 @@ reader turning a malformed answer into a provider fault against a fake node."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,14 +22,20 @@ from service.chain.multicall import (
     DECIMALS,
     GET_BLOCK_NUMBER,
     GET_CURRENT_BLOCK_TIMESTAMP,
+    GET_ETH_BALANCE,
     LATEST_ROUND_DATA,
     Call,
     CallResult,
     MalformedAnswer,
     address_arg,
+    call_tuple,
     calldata_size,
     decode_aggregate3,
     encode_aggregate3,
+    encode_tuples,
+    holder_call_prefix,
+    holder_call_tuple,
+    holder_raw,
     int_word,
     split_calls,
     uint_word,
@@ -100,7 +107,68 @@ def test_a_malformed_address_is_refused_not_encoded(address: str) -> None:
         encode_aggregate3([Call(address, b"")])
 
 
+@given(addresses, addresses, st.sampled_from([BALANCE_OF, GET_ETH_BALANCE]))
+def test_a_holder_call_from_its_template_is_the_call_encoded(
+    target: str, holder: str, selector: bytes
+) -> None:
+    """The reader's per-holder calls: a prefix per (target, selector) and the holder's bytes."""
+    call = Call(target, selector + address_arg(holder))
+    made = holder_call_tuple(holder_call_prefix(target, selector), holder_raw(holder))
+    assert made == call_tuple(call)
+    assert encode_tuples([made, call_tuple(call)]) == encode_aggregate3([call, call])
+
+
 # --- decoding ---------------------------------------------------------------------------
+
+# Every result one word, as balance reads answer: the decoder's regular fast path.
+word_results = st.lists(
+    st.tuples(st.booleans(), st.binary(min_size=32, max_size=32)), min_size=1, max_size=40
+)
+
+
+@given(word_results)
+def test_one_word_results_take_the_fast_path_and_are_eth_abis(
+    answers: list[tuple[bool, bytes]],
+) -> None:
+    data = encode(["(bool,bytes)[]"], [answers])
+    n = len(answers)
+    assert len(multicall._regular_run(data, 64, n, 64 + 32 * n)) == n  # the path under test
+    assert decode_aggregate3(data) == eth_abi_results(data)
+    assert decode_aggregate3(data + bytes(32)) == eth_abi_results(data)  # trailing bytes
+
+
+@given(word_results, st.data())
+def test_one_word_results_with_a_word_overwritten_are_refused_or_read_as_eth_abi(
+    answers: list[tuple[bool, bytes]], draw: st.DataObject
+) -> None:
+    data = bytearray(encode(["(bool,bytes)[]"], [answers]))
+    for _ in range(draw.draw(st.integers(1, 2))):
+        at = draw.draw(st.integers(0, len(data) // 32 - 1)) * 32
+        data[at : at + 32] = draw.draw(WORD_VALUES_SMALL).to_bytes(32, "big")
+    same_verdict(bytes(data))
+
+
+@given(word_results, st.data())
+def test_one_word_results_with_a_flipped_byte_or_cut_are_refused_or_read_as_eth_abi(
+    answers: list[tuple[bool, bytes]], draw: st.DataObject
+) -> None:
+    data = bytearray(encode(["(bool,bytes)[]"], [answers]))
+    at = draw.draw(st.integers(0, len(data) - 1))
+    data[at] ^= draw.draw(st.integers(1, 255))
+    same_verdict(bytes(data))
+    same_verdict(bytes(data[: draw.draw(st.integers(0, len(data) - 1))]))
+
+
+@given(word_results, st.binary(max_size=70), st.data())
+def test_one_irregular_result_among_one_word_results_is_read_by_the_general_path(
+    answers: list[tuple[bool, bytes]], odd: bytes, draw: st.DataObject
+) -> None:
+    at = draw.draw(st.integers(0, len(answers)))
+    mixed = [*answers[:at], (draw.draw(st.booleans()), odd), *answers[at:]]
+    data = encode(["(bool,bytes)[]"], [mixed])
+    n = len(mixed)
+    assert len(multicall._regular_run(data, 64, n, 64 + 32 * n)) >= at  # the run before it
+    assert decode_aggregate3(data) == eth_abi_results(data)
 
 
 @given(results)
@@ -110,6 +178,11 @@ def test_results_are_eth_abis(answers: list[tuple[bool, bytes]]) -> None:
     assert decode_aggregate3(data) == eth_abi_results(data)
 
 
+WORD_VALUES_SMALL = st.one_of(
+    st.integers(0, 4),  # bools, and a success flag turned into 2, 3, 4
+    st.sampled_from([0x20, 0x40, 0x60, 0x80, 2**256 - 1]),  # offsets and lengths near the real
+    st.integers(0, 2**256 - 1),
+)
 WORD_VALUES = st.one_of(
     st.integers(0, 600),  # offsets and lengths near the real ones
     st.sampled_from([2**256 - 1, 2**255, 2**64, 2**32 - 1]),  # huge ones
@@ -416,3 +489,52 @@ async def test_a_small_byte_budget_splits_the_snapshot_at_one_block(
     assert snap.feeds["ETH"].answer == 3000 * 10**8
     # The first chunk chose the block; the other chunks are pinned to its number.
     assert node.blocks == Counter({"latest": 1, hex(BLOCK): 2})
+
+
+@on_loop
+async def test_a_split_snapshot_at_a_chosen_block_sends_every_chunk_pinned_to_it(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower's reads (and reads at head minus confirmations) name their block: no
+    chunk waits for another's answer to learn it."""
+    monkeypatch.setattr(reader, "MAX_CALLDATA_BYTES", EMPTY + 3 * 224)
+    answer = Endpoint.request
+    arrived: list[str] = []
+    all_sent = asyncio.Event()
+
+    async def together(endpoint: Endpoint, method: str, params: list[Any]) -> Any:
+        if method == "eth_call":
+            arrived.append(method)
+            if len(arrived) == 3:
+                all_sent.set()
+            await asyncio.wait_for(all_sent.wait(), 10)  # a chunk sent after an answer: no set
+        return await answer(endpoint, method, params)
+
+    monkeypatch.setattr(Endpoint, "request", together)
+    settings = network(1)
+    pool = ProviderPool(settings.name, settings.rpc_urls, ProviderPolicy(), chain_id=1)
+    try:
+        snap = await ChainReader(settings, pool, default_timeout=5).snapshot(
+            HOLDERS, with_prices=False, timeout=5, block_number=BLOCK
+        )
+    finally:
+        await pool.aclose()
+    assert snap.balances == {h: {"ETH": int(h[2:4], 16) * 1000} for h in HOLDERS}
+    assert node.blocks == Counter({hex(BLOCK): 3})  # 2 head calls and 5 balances, 3 a chunk
+
+
+@on_loop
+async def test_a_failed_balance_read_is_an_error_naming_its_token_never_a_zero(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = node.answer
+
+    def third_fails(call: bytes) -> tuple[bool, bytes]:
+        if call[:4] == BALANCE_OF and call[-20] == 3:
+            return False, b""
+        return answer(call)
+
+    monkeypatch.setattr(node, "answer", third_fails)
+    with pytest.raises(ChainUnavailable, match="balance read failed") as caught:
+        await snapshot()
+    assert caught.value.token == "ETH"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -16,10 +17,12 @@ import pytest_asyncio
 
 from service.chain.providers import (
     Endpoint,
+    HexData,
     ProviderFault,
     ProviderPolicy,
     ProviderPool,
     RpcError,
+    _encoded,
     _result,
     _retry_after,
 )
@@ -502,3 +505,18 @@ async def test_a_provider_too_far_behind_the_best_head_is_a_fault(
     clock.now += 1.0
     heads[1] = 98  # caught up to within 5 of 103
     assert await pool.run(head, timeout=5) == 1
+
+
+@pytest.mark.parametrize(
+    "to",
+    ["0x" + "ab" * 20, "\0hex\0", '"data": ""', "0x\u00e9"],
+    ids=["plain", "stand-in", "quotes", "escape"],
+)
+def test_calldata_spliced_into_the_body_is_the_json_of_the_body(to: str) -> None:
+    """An eth_call's HexData goes into the body unscanned; the body is the same JSON."""
+    call = {"to": to, "data": HexData.of(bytes(range(256)) * 40)}
+    body = {"jsonrpc": "2.0", "id": 7, "method": "eth_call", "params": [call, "latest"]}
+    assert json.loads(_encoded(body)) == body
+    assert _encoded(body) == json.dumps(body).encode()
+    plain = {**body, "params": [{**call, "data": str(call["data"])}, "latest"]}
+    assert _encoded(plain) == _encoded(body)  # a plain str is dumped as before
