@@ -38,6 +38,7 @@ lint: install generate
 	$(BIN)/ruff format --check service tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 pytest: install
 	$(BIN)/pytest -q

@@ -148,13 +148,16 @@ class BalanceQueries:
         shared: SharedRead | None = None,
     ) -> CustomerBalances:
         """The balances of ``wallets`` (the customer's, from the directory) and their total."""
-        networks = sorted({w.network for w in wallets})
+        held_at: dict[str, set[str]] = {}  # network -> the customer's addresses there
+        for w in wallets:
+            held_at.setdefault(w.network, set()).add(w.address)
+        networks = sorted(held_at)
         snapshots = await asyncio.gather(
             *(
                 self._snapshot(
                     tenant,
                     network,
-                    sorted({w.address for w in wallets if w.network == network}),
+                    sorted(held_at[network]),
                     with_prices=True,
                     timeout=timeout,
                     shared=shared,
@@ -166,12 +169,11 @@ class BalanceQueries:
         stale = {n for n, (_, is_stale) in zip(networks, snapshots, strict=True) if is_stale}
         values = []
         for network, snapshot in by_network.items():
+            rows = [snapshot.balances[address] for address in held_at[network]]
             for token in self._tokens[network]:
                 price = token_price(token, snapshot)
-                held = sum(
-                    snapshot.balances[address][token.currency]
-                    for address in {w.address for w in wallets if w.network == network}
-                )
+                currency = token.currency
+                held = sum(row[currency] for row in rows)
                 values.append(value_of(held, token.decimals, price))
         return CustomerBalances(
             customer_id=customer_id,
@@ -224,15 +226,13 @@ class BalanceQueries:
         self, wallet: Wallet, snapshot: Snapshot, *, stale: bool = False
     ) -> WalletBalance:
         held = snapshot.balances[wallet.address]
+        tokens = self._tokens[wallet.network]
         return WalletBalance(
-            wallet=wallet,
-            amounts=tuple(
-                TokenAmount(t.currency, held[t.currency], t.decimals)
-                for t in self._tokens[wallet.network]
-            ),
-            block_number=snapshot.block_number,
-            block_timestamp=snapshot.block_timestamp,
-            stale=stale,
+            wallet,
+            tuple([TokenAmount(t.currency, held[t.currency], t.decimals) for t in tokens]),
+            snapshot.block_number,
+            snapshot.block_timestamp,
+            stale,
         )
 
     async def _snapshot(
@@ -289,22 +289,26 @@ class BalanceQueries:
     async def _read_and_store(
         self, key: str, read: Callable[[float], Awaitable[Snapshot]], timeout: float
     ) -> Snapshot:
-        # A read that finished between a caller's cache miss and this task's start
-        # is already cached: look once more before going upstream.
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return cached
-        snapshot = await read(timeout)
-        # The block follower may have stored a newer read meanwhile: keep that one.
-        newer = await self._cache.get(key)
-        if newer is not None and newer.block_number > snapshot.block_number:
-            return newer
-        await self._store(key, snapshot)
+        async def fresh(timeout: float) -> Snapshot:
+            snapshot = await read(timeout)
+            # The block follower may have stored a newer read meanwhile: keep that one.
+            newer = await self._cache.get(key)
+            if newer is not None and newer.block_number > snapshot.block_number:
+                return newer
+            return snapshot
+
+        # The cache looks once more (a read may have finished since the caller's miss,
+        # here or on another replica sharing the cache) and reads once for all replicas.
+        snapshot = await self._cache.fill(key, fresh, timeout)
+        self._keep_last_good(key, snapshot)
         return snapshot
 
     async def _store(self, key: str, snapshot: Snapshot) -> None:
         """Cache a good read, and keep it as the key's last good read unless that is newer."""
         await self._cache.set(key, snapshot)
+        self._keep_last_good(key, snapshot)
+
+    def _keep_last_good(self, key: str, snapshot: Snapshot) -> None:
         if self._max_stale.get(snapshot.network, 0.0) <= 0:
             return  # stale-if-error is off for this network
         last = self._last_good.get(key)

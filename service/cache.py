@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from service.domain import Snapshot
 
@@ -74,6 +74,17 @@ class MemorySnapshotCache:
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    async def fill(
+        self, key: str, read: Callable[[float], Awaitable[Snapshot]], timeout: float
+    ) -> Snapshot:
+        """Cached, else read and stored: one process, so no one else to wait for."""
+        cached = await self.get(key)
+        if cached is not None:
+            return cached
+        snapshot = await read(timeout)
+        await self.set(key, snapshot)
+        return snapshot
 
     async def aclose(self) -> None:
         self._entries.clear()

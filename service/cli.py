@@ -62,7 +62,23 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gRPC server")
     _config_option(serve)
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="N processes sharing the gRPC and REST ports (default: 1, a single process)",
+    )
+    serve.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # service/workers.py
     serve.set_defaults(run=_serve)
+
+    health = commands.add_parser(
+        "health", help="ask a server's gRPC health service; exit 0 only when it is SERVING"
+    )
+    health.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    health.add_argument("--service", default="", help="a service name (default: the server)")
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    health.set_defaults(run=_health)
 
     wallets = commands.add_parser("wallets", help="manage the wallet directory")
     wallet_commands = wallets.add_subparsers(required=True, metavar="COMMAND")
@@ -173,8 +189,13 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace, *, log_level: str | None = None) -> Settings:
     path = args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)
-    settings = load_settings(path)
-    setup_logging((u for n in settings.networks for u in n.rpc_urls), level=log_level)
+    settings = load_settings(path, environ=os.environ)
+    secret_urls = [u for n in settings.networks for u in n.rpc_urls]
+    if settings.directory_url is not None:
+        secret_urls.append(settings.directory_url)
+    if settings.cache_redis_url is not None:
+        secret_urls.append(settings.cache_redis_url)
+    setup_logging(secret_urls, level=log_level)
     return settings
 
 
@@ -183,14 +204,45 @@ def _quiet_settings(args: argparse.Namespace) -> Settings:
     return _settings(args, log_level=os.environ.get("BALANCES_LOG_LEVEL", "WARNING"))
 
 
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
     from service.run import serve
 
     settings = _settings(args)
+    if args.worker is not None or args.workers > 1:
+        from service import workers
+
+        if args.worker is not None:  # one of the processes of `serve --workers`
+            spec = workers.WorkerSpec.loads(args.worker)
+            signals.run(
+                lambda: workers.serve_as_worker(
+                    settings, spec, stop=signals.stop, on_ready=signals.serving
+                )
+            )
+            return 0
+        config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)).resolve()
+        return signals.run(
+            lambda: workers.supervise(
+                settings, args.workers, config, stop=signals.stop, on_ready=signals.serving
+            )
+        )
     signals.run(
         lambda: serve(settings, on_ready=lambda _ports: signals.serving(), stop=signals.stop)
     )
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from service.health_check import check_health
+
+    status = asyncio.run(check_health(args.target, args.service, args.timeout))
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def _import_wallets(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from service.errors import InvalidArgument
 from service.importfile import import_wallet_file
 from service.records import ApiKeyRecord
 from service.settings import Settings
-from service.store.sqlite import open_sqlite_stores
+from service.store.stores import directory_name, open_stores
 from service.webhooks.destinations import WebhookDestinations
 from service.webhooks.http_sender import SystemResolver
 from service.webhooks.manage import WebhookManagement
@@ -36,9 +36,9 @@ __all__ = [
 async def import_wallets(settings: Settings, file: Path, tenant: str) -> str:
     parse_tenant(tenant)
     networks = [n.name for n in settings.networks]
-    async with await open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_stores(settings) as stores:
         wallets = await import_wallet_file(stores.wallets, file, tenant, networks)
-    return f"imported {len(wallets)} wallets into {settings.directory_path}"
+    return f"imported {len(wallets)} wallets into {directory_name(settings)}"
 
 
 class CreatedKey:
@@ -55,13 +55,13 @@ class CreatedKey:
 async def create_key(settings: Settings, tenant: str) -> CreatedKey:
     parse_tenant(tenant)
     key = new_api_key()
-    async with await open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_stores(settings) as stores:
         record = await stores.api_keys.add_key(key.key_id, tenant, key.digest)
     return CreatedKey(key.plaintext, record)
 
 
 async def revoke_key(settings: Settings, key_id: str) -> str:
-    async with await open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_stores(settings) as stores:
         record = await stores.api_keys.revoke_key(key_id)
     assert record.revoked_at is not None
     return (
@@ -73,7 +73,7 @@ async def revoke_key(settings: Settings, key_id: str) -> str:
 async def list_keys(settings: Settings, tenant: str | None) -> list[str]:
     if tenant is not None:
         parse_tenant(tenant)
-    async with await open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_stores(settings) as stores:
         records = await stores.api_keys.list_keys(tenant)
     rows = [("KEY ID", "TENANT", "CREATED", "REVOKED")] + [
         (
@@ -92,15 +92,15 @@ async def list_keys(settings: Settings, tenant: str | None) -> list[str]:
 
 
 async def migrate(settings: Settings) -> str:
-    async with await open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_stores(settings) as stores:
         version = await stores.database.schema_version()
-    return f"wallet directory {settings.directory_path} is at schema version {version}"
+    return f"wallet directory {directory_name(settings)} is at schema version {version}"
 
 
 async def replay_webhooks(settings: Settings, tenant: str | None, since: datetime) -> str:
     if tenant is not None:
         parse_tenant(tenant)
-    async with await open_sqlite_stores(settings.directory_path) as stores:
+    async with await open_stores(settings) as stores:
         rules = WebhookDestinations(settings.webhooks.policy, SystemResolver())  # unused here
         management = WebhookManagement(stores.webhooks, rules)
         count = await management.replay(tenant, since)

@@ -17,6 +17,7 @@ from service.api.services import API_SERVICES
 from service.api.wallets_servicer import WalletsServicer
 from service.api.webhooks_servicer import WebhooksServicer
 from service.errors import CannotListen
+from service.gateway.inprocess import InProcessServer
 from service.settings import TlsSettings
 from service.tls import PrivateSocket, grpc_server_credentials
 from service.wiring import Service
@@ -30,20 +31,26 @@ def create_server(
     *,
     tls: TlsSettings | None = None,
     private_socket: PrivateSocket | None = None,
+    reuse_port: bool = False,
+    in_process: InProcessServer | None = None,
 ) -> tuple[aio.Server, int, health_aio.HealthServicer]:
     """A configured, not yet started server, the port it bound, and its health servicer.
 
     ``listen`` is served over TLS when ``tls`` is given (mutual TLS when it names a
     client CA).  ``private_socket`` adds a plaintext Unix-socket listener for the
     in-process REST gateway; the same interceptors (auth included) run on both.
+    ``reuse_port`` shares ``listen`` with other processes on purpose (``serve --workers``).
+    ``in_process`` records the interceptors and handlers, for the REST gateway in this
+    process to call directly.
     """
     # ErrorInterceptor is outermost, so authentication failures are mapped like any error.
     # grpcio turns SO_REUSEPORT on by default: a second server on a taken port would
-    # silently share it instead of failing.
+    # silently share it instead of failing.  Only ``serve --workers`` asks for it.
+    interceptors = [ErrorInterceptor(), AuthInterceptor(service.authenticator, service.quotas)]
     server = aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(service.authenticator, service.quotas)],
+        interceptors=interceptors,
         options=[
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
             # Hostile or vanished clients: a connection must finish its handshake in 10 s
             # (default 120 s), one with no call is closed after 2 min idle (clients reconnect
             # transparently), and a silent peer under a long call (a watch) is found within
@@ -54,16 +61,20 @@ def create_server(
             ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
+    # Every handler is registered through ``handlers``: the server, or it plus a record.
+    handlers = server if in_process is None else in_process.record(server, interceptors)
     balances_pb2_grpc.add_BalancesServiceServicer_to_server(
         BalancesServicer(service.queries, service.settings.minor_unit_digits, service.watches),
-        server,
+        handlers,
     )
-    wallets_pb2_grpc.add_WalletsServiceServicer_to_server(WalletsServicer(service.registry), server)
+    wallets_pb2_grpc.add_WalletsServiceServicer_to_server(
+        WalletsServicer(service.registry), handlers
+    )
     webhooks_pb2_grpc.add_WebhooksServiceServicer_to_server(
-        WebhooksServicer(service.webhook_management), server
+        WebhooksServicer(service.webhook_management), handlers
     )
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, handlers)
     service.network_health.add_listener(NetworkHealthReporter(health))  # balances.v1.network.*
     reflection.enable_server_reflection(
         (
@@ -71,7 +82,7 @@ def create_server(
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
-        server,
+        handlers,
     )
     credentials = None if tls is None else grpc_server_credentials(tls)
     port = _bind(server, listen, credentials)

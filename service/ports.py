@@ -11,12 +11,13 @@ FollowerStateStore   each block follower's last read, across restarts
 WebhookSender        sends one signed webhook request
 HostResolver         a host name's addresses (webhook destinations are vetted by address)
 ChangeListener, BaselineListener, WatchedSource   what block followers talk to
+Lease                a cluster-wide lease: one process at a time leads a duty
 Clock                the current time (UTC)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -39,6 +40,7 @@ __all__ = [
     "Clock",
     "FollowerStateStore",
     "HostResolver",
+    "Lease",
     "SnapshotCache",
     "SnapshotSource",
     "WalletDirectory",
@@ -89,7 +91,20 @@ class SnapshotCache(Protocol):
 
     async def set(self, key: str, snapshot: Snapshot) -> None: ...
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str) -> None:
+        """Drop the key, for every process sharing the cache."""
+        ...
+
+    async def fill(
+        self, key: str, read: Callable[[float], Awaitable[Snapshot]], timeout: float
+    ) -> Snapshot:
+        """The key's snapshot: the cached one, else ``read(seconds left)``'s, stored.
+
+        A cache shared by several processes reads once for all of them: one
+        process reads while the others wait for its value (at most ``timeout``
+        in all).  Within one process the caller coalesces concurrent misses.
+        """
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -182,7 +197,12 @@ class WebhookOutbox(Protocol):
     """The outbox as the delivery worker sees it: what is due, and how each send went.
 
     Outbox order is insertion order; one wallet's events are delivered in that
-    order: an event is *due* only when no earlier event of its wallet is pending.
+    order: an event is *due* only when no earlier event of its wallet is pending
+    (an event being sent stays pending), and it is not claimed by a live lease.
+
+    Claims let several workers (replicas, or a leader and its successor) share the
+    outbox: a claimed event is sent by its claimer alone until the claimer marks it
+    or the lease runs out (the claimer died); then anyone may claim it again.
     """
 
     async def due_webhook_events(
@@ -192,23 +212,53 @@ class WebhookOutbox(Protocol):
         pending event of its wallet, oldest first; none of ``exclude_wallets``."""
         ...
 
+    async def claim_due_webhook_events(
+        self,
+        now: datetime,
+        limit: int,
+        claimer: str,
+        lease_seconds: float,
+        exclude_wallets: Collection[str] = (),
+    ) -> list[DueWebhookEvent]:
+        """What ``due_webhook_events`` returns, each event claimed by ``claimer`` until
+        ``now + lease_seconds``, atomically: two claimers never get the same event."""
+        ...
+
+    async def renew_webhook_claims(self, claimer: str, now: datetime, lease_seconds: float) -> int:
+        """Extend every claim ``claimer`` still holds to ``now + lease_seconds`` (a live
+        claimer renews well before its lease ends); return how many."""
+        ...
+
+    async def release_webhook_claims(self, claimer: str) -> int:
+        """Give up every claim ``claimer`` holds (it stops): the events are due for others
+        at once; return how many."""
+        ...
+
     async def next_webhook_attempt_at(
         self, exclude_wallets: Collection[str] = ()
     ) -> datetime | None:
         """When the next event (of the kind ``due_webhook_events`` returns) is due."""
         ...
 
-    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
+    # Each mark releases the event's claim.  With ``claimer`` it applies only while that
+    # claimer still holds the claim (no one else claimed it after its lease ran out);
+    # each returns whether it applied (False also when the event is no longer pending).
+
+    async def mark_webhook_delivered(
+        self, event_id: str, now: datetime, *, claimer: str | None = None
+    ) -> bool:
         """Record a successful send (counts an attempt)."""
         ...
 
     async def mark_webhook_retry(
-        self, event_id: str, error: str, next_attempt_at: datetime
-    ) -> None:
+        self, event_id: str, error: str, next_attempt_at: datetime, *, claimer: str | None = None
+    ) -> bool:
         """Record a failed send and when to try again (counts an attempt)."""
         ...
 
-    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
+    async def mark_webhook_failed(
+        self, event_id: str, error: str, *, claimer: str | None = None
+    ) -> bool:
         """Record the last failed send: the event is given up (counts an attempt)."""
         ...
 
@@ -290,6 +340,27 @@ class BaselineListener(Protocol):
         self, block: BlockRef, addresses: Collection[str], snapshot: Snapshot
     ) -> None:
         """``addresses`` were read for the first time (since they were last unwatched)."""
+        ...
+
+
+class Lease(Protocol):
+    """One named lease held by at most one process of the cluster at a time
+    (``service.cluster.leases``: a PostgreSQL advisory lock, a file lock, a Redis key)."""
+
+    name: str
+
+    async def keep(self) -> bool:
+        """Take the lease when it is free, or confirm (renew) it when held: True while
+        this process holds it.  A broken backend is a lost lease (False), never raised."""
+        ...
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` as soon as the lease is known lost between two ``keep``s
+        (a backend that cannot tell never calls it: ``keep`` is the truth)."""
+        ...
+
+    async def release(self) -> None:
+        """Give the lease up (idempotent): another process may take it at once."""
         ...
 
 

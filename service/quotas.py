@@ -20,10 +20,10 @@ held calls from all coming back at the same moment.  At most ``max_held``
 calls are held at once across the server; beyond that, refusals are immediate.
 
 ``MemoryCallQuotas`` keeps the counts in this process, so with N replicas a key
-gets N times its limits.  It is one implementation of the ``CallQuotas`` port:
-a Redis-backed one (the bucket as one atomic script per call, the counts as
-expiring counters) replaces it when the scale-out issue lands, and nothing
-above the port changes.
+gets N times its limits.  It is one implementation of the ``CallQuotas`` port;
+with ``[cache] redis_url`` set, ``service.quotas_redis.RedisCallQuotas`` shares
+each key's bucket through Redis (one atomic script per call) and keeps the
+concurrency counts per process; nothing above the port changes.
 """
 
 from __future__ import annotations
@@ -176,25 +176,9 @@ class MemoryCallQuotas:
         """Count one call of ``key_id`` in, to start after the seconds returned (its token's
         wait, at most ``max_wait``), or raise ``RateLimited`` having taken nothing."""
         now = self._clock()
-        state = self._keys.get(key_id)
-        if state is None:
-            if len(self._keys) >= self._prune_at:
-                self._prune(now)
-            quota = self._policy.quota_of(tenant)
-            state = self._keys[key_id] = _KeyState(quota, float(quota.burst), now)
+        state = self._state(tenant, key_id, now)
+        _check_room(state, key_id, kind)
         quota = state.quota
-        if kind is CallKind.UNARY and state.in_flight >= quota.max_in_flight:
-            raise RateLimited(
-                f"API key {key_id} has {quota.max_in_flight} calls in flight, its most;"
-                " retry when one has finished",
-                BUSY_RETRY_SECONDS,
-            )
-        if kind is CallKind.STREAM and state.streams >= quota.max_streams:
-            raise RateLimited(
-                f"API key {key_id} has {quota.max_streams} watch streams open, its most;"
-                " retry when one has ended",
-                BUSY_RETRY_SECONDS,
-            )
         if now > state.refilled_at:  # a clock that stepped back neither drains nor refills
             refill = (now - state.refilled_at) * quota.requests_per_second
             state.tokens = min(float(quota.burst), state.tokens + refill)
@@ -204,17 +188,23 @@ class MemoryCallQuotas:
         if state.tokens < 1.0:
             wait = _milliseconds_up((1.0 - state.tokens) / quota.requests_per_second)
             if wait > max_wait:
-                raise RateLimited(
-                    f"API key {key_id} is over its rate limit of {quota.requests_per_second:g}"
-                    f" requests per second (burst {quota.burst}); retry in {wait:.3f}s",
-                    wait,
-                )
+                raise RateLimited(over_rate_message(key_id, quota, wait), wait)
         state.tokens -= 1.0
         if kind is CallKind.UNARY:
             state.in_flight += 1
         else:
             state.streams += 1
         return state, wait
+
+    def _state(self, tenant: str, key_id: str, now: float) -> _KeyState:
+        """The key's state (made with a full bucket when the key is new here)."""
+        state = self._keys.get(key_id)
+        if state is None:
+            if len(self._keys) >= self._prune_at:
+                self._prune(now)
+            quota = self._policy.quota_of(tenant)
+            state = self._keys[key_id] = _KeyState(quota, float(quota.burst), now)
+        return state
 
     def _prune(self, now: float) -> None:
         """Drop the states of keys with nothing open and a full bucket (as a new state has)."""
@@ -223,6 +213,30 @@ class MemoryCallQuotas:
             if state.in_flight == 0 and state.streams == 0 and now >= full_at:
                 del self._keys[key_id]
         self._prune_at = max(1024, 2 * len(self._keys))
+
+
+def _check_room(state: _KeyState, key_id: str, kind: CallKind) -> None:
+    """Raise ``RateLimited`` when the key has no room for another call of ``kind``."""
+    quota = state.quota
+    if kind is CallKind.UNARY and state.in_flight >= quota.max_in_flight:
+        raise RateLimited(
+            f"API key {key_id} has {quota.max_in_flight} calls in flight, its most;"
+            " retry when one has finished",
+            BUSY_RETRY_SECONDS,
+        )
+    if kind is CallKind.STREAM and state.streams >= quota.max_streams:
+        raise RateLimited(
+            f"API key {key_id} has {quota.max_streams} watch streams open, its most;"
+            " retry when one has ended",
+            BUSY_RETRY_SECONDS,
+        )
+
+
+def over_rate_message(key_id: str, quota: Quota, wait: float) -> str:
+    return (
+        f"API key {key_id} is over its rate limit of {quota.requests_per_second:g}"
+        f" requests per second (burst {quota.burst}); retry in {wait:.3f}s"
+    )
 
 
 def _milliseconds_up(seconds: float) -> float:

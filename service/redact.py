@@ -1,4 +1,4 @@
-"""Keeps secrets (RPC URLs with provider keys) out of log lines and messages."""
+"""Keeps secrets (RPC URLs with provider keys, database URLs) out of log lines and messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 __all__ = ["RedactingFilter", "Redactor", "redact_url"]
 
 # A URL ends before whitespace or quotes, and not on sentence punctuation.
-_ANY_URL = re.compile(r"\b(?:https?|wss?)://[^\s'\"<>]*[^\s'\"<>.,;:!?)\]]")
+_ANY_URL = re.compile(r"\b(?:https?|wss?|postgres(?:ql)?|rediss?)://[^\s'\"<>]*[^\s'\"<>.,;:!?)\]]")
 
 
 def redact_url(url: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health_pb2
 
 from service.api.services import API_SERVICES
+from service.gateway.inprocess import InProcessServer
 from service.gateway.serve import start_gateway
 from service.grpc_server import create_server
 from service.settings import Settings, TlsSettings
@@ -39,8 +40,12 @@ async def serve(
     *,
     on_ready: Callable[[ServingPorts], None] | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until ``stop`` is set: then NOT_SERVING, drain, close.
+
+    ``reuse_port``: share the gRPC and REST ports with sibling workers on purpose
+    (``balances serve --workers``, service/workers.py); otherwise a taken port fails.
 
     The signals are the caller's: ``balances serve`` sets ``stop`` on SIGTERM/SIGINT
     once ``on_ready`` has run, and cancels this task on one before
@@ -51,10 +56,17 @@ async def serve(
         service = await exits.enter_async_context(open_service(settings))
         # The REST gateway's own way in, independent of the public port's TLS/mTLS.
         private_socket = PrivateSocket() if settings.rest is not None else None
+        # ...and its direct one: unary REST calls run the server's handlers, no channel.
+        in_process = InProcessServer() if settings.rest is not None else None
         if private_socket is not None:
             exits.callback(private_socket.close)
         server, port, health = create_server(
-            service, settings.listen, tls=settings.tls, private_socket=private_socket
+            service,
+            settings.listen,
+            tls=settings.tls,
+            private_socket=private_socket,
+            reuse_port=reuse_port,
+            in_process=in_process,
         )
         await server.start()
         exits.push_async_callback(server.stop, None)  # a later failed start stops it at once
@@ -67,6 +79,8 @@ async def serve(
                 API_SERVICES,
                 settings.rest.limits,
                 shutdown_timeout=settings.grace_period_seconds,
+                reuse_port=reuse_port,
+                in_process=in_process,
                 ssl_context=(
                     rest_ssl_context(settings.rest.tls) if settings.rest.tls is not None else None
                 ),
@@ -81,6 +95,10 @@ async def serve(
         # What start-up built lives as long as the process: keep it out of every later
         # full collection (measured: 90-200 ms pauses in a 1,000-stream watch fan-out).
         gc.freeze()
+        # A request allocates thousands of short-lived objects (protos, snapshots, dicts);
+        # the default 700-allocation young threshold ran ~1,100 collections per bench run.
+        # Measured on the cold and watch paths: 10-35% less time, at a few MB more RSS.
+        gc.set_threshold(20_000, 20, 20)
         if on_ready is not None:
             on_ready(ServingPorts(port, gateway.port if gateway else None))
         await stop.wait()

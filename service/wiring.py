@@ -18,16 +18,20 @@ from dataclasses import dataclass
 from service.auth.authenticator import Authenticator
 from service.balances import BalanceQueries
 from service.cache import MemorySnapshotCache
+from service.cache_redis import RedisSnapshotCache
 from service.chain.new_heads import NewHeadsSubscription
 from service.chain.providers import ProviderPool
 from service.chain.reader import ChainReader
+from service.cluster.coordination import Coordination, StreamBus, open_stream_bus
 from service.domain import Wallet
 from service.network_health import NetworkHealth
-from service.ports import SnapshotSource
+from service.ports import SnapshotCache, SnapshotSource
 from service.quotas import CallQuotas, MemoryCallQuotas
+from service.quotas_redis import RedisCallQuotas
+from service.redis_link import open_redis_link
 from service.registry import WalletRegistry
 from service.settings import NetworkSettings, Settings
-from service.store.sqlite import SqliteStores, open_sqlite_stores
+from service.store.stores import Stores, open_stores
 from service.watch.cache_refresh import CacheRefresh
 from service.watch.follower import BlockFollower
 from service.watch.hub import WatchHub
@@ -49,12 +53,12 @@ class Service:
     """Everything the servicers need; built by ``open_service``, started by ``start``."""
 
     settings: Settings
-    stores: SqliteStores
+    stores: Stores  # SQLite or PostgreSQL ([directory] url)
     readers: Mapping[str, ChainReader]
     queries: BalanceQueries
     registry: WalletRegistry
     authenticator: Authenticator
-    quotas: CallQuotas  # rate limits and concurrency quotas per API key (in memory)
+    quotas: CallQuotas  # rate limits and concurrency quotas per API key (Redis or memory)
     hub: WatchHub  # watch subscriptions; a listener and watched source of every follower
     watches: BalanceWatches  # the watch use cases behind the streaming RPCs
     followers: Mapping[str, BlockFollower]  # one per network
@@ -64,15 +68,16 @@ class Service:
     webhook_management: WebhookManagement  # the config and replay use cases
     webhook_destinations: WebhookDestinations  # where webhooks may go (no SSRF)
     network_health: NetworkHealth  # each network readable or not, from every read's outcome
+    cluster: Coordination  # who leads each follower and delivery; streams on any replica
 
     async def start(self) -> None:
         """Start the background work; ``open_service`` already registered each stop."""
         self.network_health.start()
-        self.start_watching()
-        await self.webhook_delivery.start()
+        self.cluster.start()  # each follower and delivery once it leads them (at once alone)
 
     def start_watching(self) -> None:
-        """Start every block follower and newHeads subscription (idempotent)."""
+        """Start every block follower and newHeads subscription (idempotent), leading or
+        not (tests that start no cluster)."""
         for follower in self.followers.values():
             follower.start()
         for subscription in self.new_heads:
@@ -105,10 +110,9 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         for name, reader in readers.items():
             if not reader.uses_multicall:
                 log.warning("network %s: no Multicall3 code; using JSON-RPC batches", name)
-        stores = await open_sqlite_stores(settings.directory_path)
+        stores = await open_stores(settings)
         exits.push_async_callback(stores.aclose)
-        cache = MemorySnapshotCache(settings.cache_ttl_seconds, settings.cache_max_entries)
-        exits.push_async_callback(cache.aclose)
+        cache, quotas = await _shared_state(settings, exits)
         max_stale = {n.name: n.max_stale_seconds for n in settings.networks}
         health = NetworkHealth(
             readers,
@@ -144,12 +148,19 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         sender = HttpWebhookSender(settings.webhooks.policy, destinations)
         exits.push_async_callback(sender.aclose)  # after delivery has stopped using it
         delivery = WebhookDelivery(
-            stores.webhooks, sender, settings.webhooks.policy, destinations=destinations
+            stores.webhooks,
+            sender,
+            settings.webhooks.policy,
+            destinations=destinations,
+            # Replicas: the follower that enqueues may lead elsewhere, and its wake-up
+            # reaches only its own process; the leading delivery looks every second.
+            poll_interval_seconds=1.0 if settings.directory_url else 5.0,
         )
         exits.push_async_callback(delivery.aclose)
         emitter = WebhookEmitter(stores.webhooks, on_enqueued=delivery.wake)
+        bus = _stream_bus(settings, queries, hub)
         followers = {
-            n.name: _follower(settings, n, observed[n.name], queries, hub, stores, emitter)
+            n.name: _follower(settings, n, observed[n.name], queries, hub, stores, emitter, bus)
             for n in settings.networks
         }
         new_heads = tuple(
@@ -162,6 +173,14 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             exits.push_async_callback(follower.aclose)
         for subscription in new_heads:
             exits.push_async_callback(subscription.aclose)
+        cluster = Coordination.build(
+            settings,
+            followers=followers,
+            new_heads={n: [s for s in new_heads if s.network == n] for n in followers},
+            delivery=delivery,
+            bus=bus,
+        )
+        exits.push_async_callback(cluster.aclose)  # first: releases the leases at once
         yield Service(
             settings=settings,
             stores=stores,
@@ -171,7 +190,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                 stores.wallets, [n.name for n in settings.networks], wallet_deleted
             ),
             authenticator=Authenticator(stores.api_keys),
-            quotas=MemoryCallQuotas(settings.limits.policy),
+            quotas=quotas,
             hub=hub,
             watches=BalanceWatches(stores.wallets, queries, hub, initial_reads.read),
             followers=followers,
@@ -183,7 +202,26 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             ),
             webhook_destinations=destinations,
             network_health=health,
+            cluster=cluster,
         )
+
+
+async def _shared_state(
+    settings: Settings, exits: AsyncExitStack
+) -> tuple[SnapshotCache, CallQuotas]:
+    """The snapshot cache and the rate limits: in Redis, shared by replicas, when
+    ``[cache] redis_url`` is set; else in this process's memory."""
+    if settings.cache_redis_url is None:
+        memory = MemorySnapshotCache(settings.cache_ttl_seconds, settings.cache_max_entries)
+        exits.push_async_callback(memory.aclose)
+        return memory, MemoryCallQuotas(settings.limits.policy)
+    link = open_redis_link(settings.cache_redis_url, settings.cache_redis_password)
+    exits.push_async_callback(link.aclose)
+    await link.ping()  # a Redis down at start is logged; the service starts without it
+    return (
+        RedisSnapshotCache(link, settings.cache_ttl_seconds),
+        RedisCallQuotas(link, settings.limits.policy),
+    )
 
 
 def _follower(
@@ -192,8 +230,9 @@ def _follower(
     reader: SnapshotSource,
     queries: BalanceQueries,
     hub: WatchHub,
-    stores: SqliteStores,
+    stores: Stores,
     emitter: WebhookEmitter,
+    bus: StreamBus | None,
 ) -> BlockFollower:
     """A network's follower; listeners in order: the cache refresh of the streams' tenants,
     the hub, the cache refresh of the webhooks' tenants, the outbox.  Each refresh comes
@@ -208,8 +247,17 @@ def _follower(
         read_timeout=settings.rpc_timeout_seconds,
         state_store=stores.follower_state,
     )
-    streams_refresh = CacheRefresh(queries, (hub,))
     webhooks_refresh = CacheRefresh(queries, (emitter,))
+    if bus is not None:  # every replica's streams: read for them all, sent to them all
+        follower.add_baseline_listener(bus.publisher)
+        follower.add_baseline_listener(webhooks_refresh)
+        follower.add_listener(bus.publisher)
+        follower.add_listener(webhooks_refresh)
+        follower.add_listener(emitter)
+        follower.add_source(bus.registry)
+        follower.add_source(emitter)
+        return follower
+    streams_refresh = CacheRefresh(queries, (hub,))
     for baseline in (streams_refresh, hub, webhooks_refresh):
         follower.add_baseline_listener(baseline)
     for listener in (streams_refresh, hub, webhooks_refresh, emitter):
@@ -217,6 +265,21 @@ def _follower(
     follower.add_source(hub)
     follower.add_source(emitter)
     return follower
+
+
+def _stream_bus(settings: Settings, queries: BalanceQueries, hub: WatchHub) -> StreamBus | None:
+    """With Redis, streams on any replica: the relay feeds this replica's streams' cache
+    refresh, then its hub, in the order a single process's follower does."""
+    if settings.cache_redis_url is None:
+        return None
+    return open_stream_bus(
+        settings.cache_redis_url,
+        settings.cache_redis_password,
+        hub=hub,
+        networks=[n.name for n in settings.networks],
+        listeners=(CacheRefresh(queries, (hub,)), hub),
+        interval=settings.watch.poll_interval_seconds,
+    )
 
 
 async def _prepare_all(readers: list[ChainReader]) -> None:

@@ -38,6 +38,9 @@ _PATH: Final = "path"  # a string, resolved against the config file's directory
 _PEM_PATH: Final = "PEM path"  # the same, never empty
 _ANY: Final = "any"  # no TOML type check: the settings type's rule checks the value
 _HEAD = re.compile(r"[A-Za-z_]\w*")
+# Secrets never come from the TOML file, only from the environment (or a file it names).
+DIRECTORY_PASSWORD_ENV_VAR: Final = "BALANCES_DIRECTORY__PASSWORD"  # noqa: S105 - a name
+REDIS_PASSWORD_ENV_VAR: Final = "BALANCES_CACHE__REDIS_PASSWORD"  # noqa: S105 - a name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +103,11 @@ _SETTINGS_KEYS: dict[str, dict[str, _Key]] = {
     "cache": {
         "ttl_seconds": _Key("cache_ttl_seconds", _ANY),
         "max_entries": _Key("cache_max_entries", int),
+        "redis_url": _Key("cache_redis_url", _ANY),
     },
-    "directory": {"path": _Key("directory_path", _PATH)},
+    "directory": {"path": _Key("directory_path", _PATH), "url": _Key("directory_url", _ANY)},
     "chain": _keys("rpc_timeout_seconds"),
+    "cluster": {"lease_seconds": _Key("cluster_lease_seconds", _ANY)},
     "pricing": {
         "base_currency": _Key("base_currency", str),
         "minor_unit_digits": _Key("minor_unit_digits", int),
@@ -115,8 +120,12 @@ _SETTINGS_TOML_KEY = {
 }
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate a TOML file.  Relative paths inside it are relative to the file."""
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML file.  Relative paths inside it are relative to the file.
+
+    ``environ`` (the CLI passes ``os.environ``) supplies the secrets a TOML file may not
+    hold: ``BALANCES_DIRECTORY__PASSWORD``, ``BALANCES_CACHE__REDIS_PASSWORD``.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -125,11 +134,13 @@ def load_settings(path: Path) -> Settings:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
-    return parse_settings(raw, base_dir=path.parent)
+    return parse_settings(raw, base_dir=path.parent, environ=environ)
 
 
-def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
-    """Validate an already-parsed TOML document."""
+def parse_settings(
+    raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate an already-parsed TOML document (secrets from ``environ``, see load_settings)."""
     doc = _Table(raw, "", base_dir)
     tables = {name: doc.table(name) for name in (*_SETTINGS_KEYS, "watch", "webhooks", "limits")}
     rest = _rest(doc.table("rest")) if "rest" in raw else None
@@ -141,6 +152,8 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     for name, keys in _SETTINGS_KEYS.items():
         kwargs |= tables[name].fields(Settings, keys)
     kwargs.setdefault("directory_path", base_dir / _default(Settings, "directory_path"))
+    kwargs |= _directory_password(tables["directory"], environ or {})
+    kwargs |= _redis_password(tables["cache"], environ or {})
     if "tls" in server.raw:
         kwargs["tls"] = _tls(server.table("tls"), client_ca=True)
     default_batch = tables["chain"].value("max_calls_per_batch", int)
@@ -152,6 +165,50 @@ def parse_settings(raw: Mapping[str, Any], base_dir: Path) -> Settings:
     for table in tables.values():
         table.reject_unknown()
     return _construct(Settings, "", kwargs, _SETTINGS_TOML_KEY)
+
+
+def _directory_password(table: _Table, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The PostgreSQL password from the environment or ``[directory] password_file``."""
+    from_env = environ.get(DIRECTORY_PASSWORD_ENV_VAR) or None
+    file = table.value("password_file", _PATH)
+    if file is _ABSENT:
+        return {} if from_env is None else {"directory_password": from_env}
+    key = table.key("password_file")
+    if "url" not in table.raw:
+        raise ConfigError(key, "is only used with directory.url (PostgreSQL)")
+    if from_env is not None:
+        raise ConfigError(key, f"and {DIRECTORY_PASSWORD_ENV_VAR} are both set: use one")
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(key, f"cannot read: {reason or exc}") from exc
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(key, "the file is empty")
+    return {"directory_password": password, "directory_password_file": file}
+
+
+def _redis_password(table: _Table, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The Redis password from the environment or ``[cache] redis_password_file``."""
+    from_env = environ.get(REDIS_PASSWORD_ENV_VAR) or None
+    file = table.value("redis_password_file", _PATH)
+    if file is _ABSENT:
+        return {} if from_env is None else {"cache_redis_password": from_env}
+    key = table.key("redis_password_file")
+    if "redis_url" not in table.raw:
+        raise ConfigError(key, "is only used with cache.redis_url")
+    if from_env is not None:
+        raise ConfigError(key, f"and {REDIS_PASSWORD_ENV_VAR} are both set: use one")
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(key, f"cannot read: {reason or exc}") from exc
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(key, "the file is empty")
+    return {"cache_redis_password": password, "cache_redis_password_file": file}
 
 
 def _rest(table: _Table) -> RestSettings:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from service.addresses import parse_address
 from service.chain.providers import ProviderPolicy
@@ -383,7 +383,20 @@ class Settings:
     grace_period_seconds: float = 10.0
     cache_ttl_seconds: float = 30.0
     cache_max_entries: int = 100_000  # snapshots held in memory, least recently used dropped
+    # Redis (redis://host:port/db, no password) shared by replicas for the snapshot cache and
+    # the rate limits; None: both in process memory.
+    cache_redis_url: str | None = None
+    cache_redis_password_file: Path | None = None  # where cache_redis_password was read from
+    # From BALANCES_CACHE__REDIS_PASSWORD or redis_password_file (never from the TOML itself).
+    cache_redis_password: str | None = field(default=None, repr=False)
     directory_path: Path = Path("balances.sqlite3")
+    # PostgreSQL (postgresql://user@host:port/db, no password); None: the SQLite file above.
+    directory_url: str | None = None
+    directory_password_file: Path | None = None  # where directory_password was read from
+    # From BALANCES_DIRECTORY__PASSWORD or password_file (never from the TOML itself).
+    directory_password: str | None = field(default=None, repr=False)
+    # [cluster] lease_seconds: how long a lost leader may go unnoticed (service/cluster/).
+    cluster_lease_seconds: float = 10.0
     rpc_timeout_seconds: float = 10.0
     base_currency: str = "USD"
     minor_unit_digits: int = 2
@@ -395,10 +408,16 @@ class Settings:
         check_listen("listen", self.listen)
         for name in ("grace_period_seconds", "cache_ttl_seconds", "rpc_timeout_seconds"):
             normalise(self, name, positive_seconds(name, getattr(self, name)))
+        lease = positive_seconds("cluster_lease_seconds", self.cluster_lease_seconds)
+        normalise(self, "cluster_lease_seconds", lease)
         if not _CURRENCY.fullmatch(self.base_currency):
             raise ConfigError("base_currency", "must be a 3-letter ISO 4217 code like USD")
         check_int_between("minor_unit_digits", self.minor_unit_digits, 0, 6)
         check_int_between("cache_max_entries", self.cache_max_entries, 1, 100_000_000)
+        if self.cache_redis_url is not None:
+            _check_redis_url("cache_redis_url", self.cache_redis_url)
+        if self.directory_url is not None:
+            _check_directory_url("directory_url", self.directory_url)
         if not self.networks:
             raise ConfigError("networks", "at least one network is required")
         names = [n.name for n in self.networks]
@@ -434,3 +453,50 @@ def _check_url(key: str, url: object, schemes: tuple[str, ...] = ("http", "https
         # Never echo the URL: it may carry a provider key.
         shown = " or ".join(f"{scheme}://" for scheme in schemes)
         raise ConfigError(key, f"must be an {shown} URL with a host")
+
+
+def _check_directory_url(key: str, url: object) -> None:
+    """A PostgreSQL URL with a host and no password (that comes from the environment or a
+    file).  The URL is never echoed: it may carry a password despite the rule."""
+    if not isinstance(url, str):
+        raise ConfigError(key, "must be a string")
+    parts = urlsplit(url)
+    try:
+        has_password = parts.password is not None
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError(key, "must be a postgresql:// URL with a host") from None
+    query = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host" in query):
+        raise ConfigError(key, "must be a postgresql:// URL with a host")
+    if has_password or "password" in query:
+        raise ConfigError(
+            key,
+            "must not contain a password: set BALANCES_DIRECTORY__PASSWORD"
+            " or directory.password_file instead",
+        )
+
+
+def _check_redis_url(key: str, url: object) -> None:
+    """A Redis URL (``redis://``, ``rediss://`` with a host, or ``unix://`` with a path) and
+    no password (that comes from the environment or a file).  The URL is never echoed."""
+    if not isinstance(url, str):
+        raise ConfigError(key, "must be a string")
+    parts = urlsplit(url)
+    try:
+        has_password = parts.password is not None
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError(key, "must be a redis:// URL with a host") from None
+    query = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if not (
+        (parts.scheme in ("redis", "rediss") and parts.hostname)
+        or (parts.scheme == "unix" and parts.path)
+    ):
+        raise ConfigError(key, "must be a redis://, rediss:// or unix:// URL with a host")
+    if has_password or "password" in query:
+        raise ConfigError(
+            key,
+            "must not contain a password: set BALANCES_CACHE__REDIS_PASSWORD"
+            " or cache.redis_password_file instead",
+        )

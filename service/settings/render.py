@@ -49,9 +49,23 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
         lines += _tls("rest.tls", settings.rest.tls)
     lines += _table(
         "cache",
-        {"ttl_seconds": settings.cache_ttl_seconds, "max_entries": settings.cache_max_entries},
+        {
+            "ttl_seconds": settings.cache_ttl_seconds,
+            "max_entries": settings.cache_max_entries,
+            "redis_url": settings.cache_redis_url,  # the password is never written (env or file)
+            "redis_password_file": (
+                None
+                if settings.cache_redis_password_file is None
+                else settings.cache_redis_password_file.absolute()
+            ),
+        },
     )
-    lines += _table("directory", {"path": settings.directory_path.absolute()})
+    directory: dict[str, Value | None] = {"path": settings.directory_path.absolute()}
+    if settings.directory_url is not None:  # the password is never written (env or file)
+        directory["url"] = settings.directory_url
+    if settings.directory_password_file is not None:
+        directory["password_file"] = settings.directory_password_file.absolute()
+    lines += _table("directory", directory)
     lines += _table("chain", {"rpc_timeout_seconds": settings.rpc_timeout_seconds})
     lines += _table(
         "pricing",
@@ -61,6 +75,7 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
         },
     )
     lines += _table("watch", {"poll_interval_seconds": settings.watch.poll_interval_seconds})
+    lines += _table("cluster", {"lease_seconds": settings.cluster_lease_seconds})
     webhooks = settings.webhooks
     lines += _table(
         "webhooks",

@@ -18,6 +18,11 @@ listeners are told, so a watch started from a stale cache learns the truth).
 - Restarts: with a ``FollowerStateStore`` the last read is saved after every
   processed block and restored at start, so the first block after a restart
   is compared with it and the net change of the downtime is emitted once.
+  A block with changes is marked "in flight" in the store before any listener
+  hears of it; a process that restores the state (a restart, or another
+  replica taking the lead) reads that exact block first, so a crash between the
+  listeners and the save yields the same changes again (the same webhook ids),
+  never a differently split net change.
 - Failures (node down, timeouts) are logged without URLs and retried on the
   next tick.  A listener that fails makes the whole block be retried (the
   state is only committed when every listener accepted it); listeners must
@@ -48,6 +53,11 @@ __all__ = ["BlockFollower"]
 log = logging.getLogger(__name__)
 
 
+def _in_flight_key(network: str) -> str:
+    """Where the block in flight is marked in the state store (no network name has ``#``)."""
+    return f"{network}#in-flight"
+
+
 class BlockFollower:
     """Follows one network; ``start`` runs it in a task, ``aclose`` stops it."""
 
@@ -74,6 +84,9 @@ class BlockFollower:
         self._sources: list[WatchedSource] = []
         self._state: dict[str, dict[str, int]] = {}
         self._last: BlockRef | None = None
+        # A block whose changes some listener may have acted on but that was not
+        # committed: read again, exactly, before any newer block (see _restore).
+        self._in_flight: BlockRef | None = None
         self._failing = False
         self._loop = BackgroundLoop(f"follower-{network}", self._loop_step, poll_interval)
         self.snapshots_read = 0  # for tests and metrics
@@ -98,7 +111,13 @@ class BlockFollower:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Tick every poll interval (and on ``wake``) in a task; idempotent."""
+        """Tick every poll interval (and on ``wake``) in a task; idempotent.
+
+        A start after ``aclose`` (leadership regained) reloads the saved state:
+        another process may have followed the network in between."""
+        if not self._loop.running and self._store is not None:
+            self._restored = False
+            self._state, self._last, self._in_flight = {}, None, None
         self._loop.start()
 
     async def aclose(self) -> None:
@@ -163,6 +182,16 @@ class BlockFollower:
                     "network %s: resuming from block %d (%d addresses)",
                     self.network, saved.block.number, len(saved.balances),
                 )  # fmt: skip
+                marker = await self._store.load_follower_state(_in_flight_key(self.network))
+                if marker is not None and saved.block.number < marker.block.number <= head:
+                    # A process died after its listeners heard of this block and before it
+                    # was saved: the same read gives the same changes (the same webhook ids),
+                    # unless a reorg replaced the block since.
+                    flight = marker.block
+                    if (await self._chain.block_header(flight.number)).hash == flight.hash:
+                        self._in_flight = BlockRef(
+                            self.network, flight.number, flight.hash, flight.timestamp
+                        )
         self._restored = True
 
     async def _step(self) -> BlockRef | None:
@@ -170,24 +199,35 @@ class BlockFollower:
             await self._restore()
         addresses = await self._watched()
         if not addresses:  # nobody is watching: no upstream call at all
-            self._state, self._last = {}, None
+            self._state, self._last, self._in_flight = {}, None, None
             return None
-        block = await self._target()
+        block = self._in_flight or await self._target()
         if block is None:
             return None
-        snapshot = await self._chain.snapshot(
-            sorted(addresses),
-            with_prices=False,
-            timeout=self._read_timeout,
-            block_number=block.number,
-        )
+        try:
+            snapshot = await self._chain.snapshot(
+                sorted(addresses),
+                with_prices=False,
+                timeout=self._read_timeout,
+                block_number=block.number,
+            )
+        except Exception:
+            self._in_flight = None  # e.g. pruned by now: read the newest block next time
+            raise
         self.snapshots_read += 1
         if snapshot.block_number != block.number:  # cannot happen with a pinned read
             raise RuntimeError(f"asked for block {block.number}, read {snapshot.block_number}")
         block = BlockRef(block.network, block.number, block.hash, snapshot.block_timestamp)
         changes, fresh = compare(self._state, snapshot, self._decimals)
+        if changes and self._store is not None and self._in_flight is None:
+            # Marked before any listener acts: whoever restores this state reads this
+            # very block again, so the net change is never split differently.
+            key = _in_flight_key(self.network)
+            marker = BlockRef(key, block.number, block.hash, block.timestamp)
+            await self._store.save_follower_state(FollowerState(marker, {}))
+        self._in_flight = block if changes else None
         if not await self._notify(block, changes, fresh, snapshot):
-            return None  # not committed: the next tick tries again
+            return None  # not committed: the next tick tries this block again
         state = {a: dict(snapshot.balances[a]) for a in snapshot.balances}
         if self._store is not None:
             # Saved before it counts as read: a crash now re-reads this block after a
@@ -195,6 +235,7 @@ class BlockFollower:
             await self._store.save_follower_state(FollowerState(block, state))
         self._state = state
         self._last = block
+        self._in_flight = None
         return block
 
     async def _target(self) -> BlockRef | None:

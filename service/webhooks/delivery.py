@@ -12,6 +12,14 @@ all is a failed attempt: the next try comes after
 is marked failed.  Only a failure to *record* the outcome in the store is not
 an attempt: it is logged, and the event is tried again after the poll interval.
 
+Several workers (replicas, or a leader and its successor) may share one outbox:
+each event is *claimed* before it is sent, with a short lease the worker renews
+while the send lasts, so no two workers send one event at once; a worker that
+dies leaves claims that expire within the lease, and the event is sent again
+(same ``webhook-id``) by whoever claims it next; one that stops releases them.
+A worker whose lease ran out and whose event was claimed by another cannot
+record its outcome (the mark is refused and logged).
+
 Nothing logged or stored names the receiver URL (its path may hold a token) or
 the secret; errors are short summaries such as ``HTTP 500``.
 """
@@ -20,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import secrets
 from datetime import timedelta
 
 from service.background import BackgroundLoop
@@ -31,9 +41,13 @@ from service.records import DueWebhookEvent
 from service.webhooks.destinations import WebhookDestinations
 from service.webhooks.signing import signed_headers
 
-__all__ = ["WebhookDelivery"]
+__all__ = ["CLAIM_LEASE_SECONDS", "WebhookDelivery"]
 
 log = logging.getLogger(__name__)
+
+# How long a claim outlives its claimer's last renewal (renewed every third of it while
+# sends are in flight): how long a dead worker's events wait before others send them.
+CLAIM_LEASE_SECONDS = 6.0
 
 
 class WebhookDelivery:
@@ -55,9 +69,14 @@ class WebhookDelivery:
         jitter: float = 0.1,
         clock: Clock = utc_now,
         rng: random.Random | None = None,
+        claimer: str | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        # Unique per process (and per worker in it): a restarted process is a new claimer.
+        self.claimer = claimer or f"pid{os.getpid()}-{secrets.token_hex(6)}"
+        self._lease = lease_seconds or CLAIM_LEASE_SECONDS
         self._store = store
         self._policy = policy
         self._destinations = destinations
@@ -69,6 +88,8 @@ class WebhookDelivery:
         self._rng = rng or random.Random()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # wallet_id -> its send
         self._loop = BackgroundLoop("webhook-delivery", self._step, poll_interval_seconds)
+        self._renewals = BackgroundLoop("webhook-claims", self._renew, self._lease / 3)
+        self._started = False
 
     def wake(self) -> None:
         """New events are in the outbox (or one finished): look again now."""
@@ -76,10 +97,13 @@ class WebhookDelivery:
 
     async def start(self) -> None:
         """Start sending (idempotent); pending events left by an earlier run are resumed."""
+        self._started = True
         self._loop.start()
+        self._renewals.start()
 
     async def aclose(self) -> None:
-        """Stop: sends in flight are abandoned (they stay pending and are sent again)."""
+        """Stop: sends in flight are abandoned (they stay pending and are sent again, by
+        any worker at once: the claims are released)."""
         # First the loop, so that it starts nothing new; then the sends.
         await self._loop.aclose()
         sends = [*self._in_flight.values()]
@@ -87,6 +111,21 @@ class WebhookDelivery:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
         self._in_flight.clear()
+        await self._renewals.aclose()
+        if self._started:
+            try:
+                await self._store.release_webhook_claims(self.claimer)
+            except Exception:  # the leases run out instead
+                log.exception("webhook delivery: releasing its claims failed")
+
+    async def _renew(self) -> None:
+        """Keep the claims of the sends in flight alive (a dead worker's claims expire)."""
+        if not self._in_flight:
+            return
+        try:
+            await self._store.renew_webhook_claims(self.claimer, self._clock(), self._lease)
+        except Exception:
+            log.exception("webhook delivery: renewing its claims failed")
 
     async def _step(self) -> float:
         try:
@@ -100,7 +139,11 @@ class WebhookDelivery:
         free = self._concurrency - len(self._in_flight)
         busy = set(self._in_flight)
         now = self._clock()
-        due = await self._store.due_webhook_events(now, free, busy) if free > 0 else []
+        due = (
+            await self._store.claim_due_webhook_events(now, free, self.claimer, self._lease, busy)
+            if free > 0
+            else []
+        )
         for event in due:
             task = asyncio.create_task(self._send(event), name=f"webhook {event.event_id}")
             self._in_flight[event.wallet_id] = task
@@ -146,12 +189,20 @@ class WebhookDelivery:
     async def _record(self, event: DueWebhookEvent, error: str | None) -> None:
         attempt = event.attempts + 1
         if error is None:
-            await self._store.mark_webhook_delivered(event.event_id, self._clock())
+            if not await self._store.mark_webhook_delivered(
+                event.event_id, self._clock(), claimer=self.claimer
+            ):
+                _claim_lost(event)
+                return
             log.info("webhook event %s of tenant %s delivered (attempt %d)", *_who(event), attempt)
             return
         schedule = self._policy.retry_schedule_seconds
         if attempt > len(schedule):
-            await self._store.mark_webhook_failed(event.event_id, error)
+            if not await self._store.mark_webhook_failed(
+                event.event_id, error, claimer=self.claimer
+            ):
+                _claim_lost(event)
+                return
             log.warning(
                 "webhook event %s of tenant %s failed after %d attempts: %s",
                 *_who(event),
@@ -160,9 +211,11 @@ class WebhookDelivery:
             )
             return
         delay = schedule[attempt - 1] * (1 + self._rng.uniform(-self._jitter, self._jitter))
-        await self._store.mark_webhook_retry(
-            event.event_id, error, self._clock() + timedelta(seconds=delay)
-        )
+        if not await self._store.mark_webhook_retry(
+            event.event_id, error, self._clock() + timedelta(seconds=delay), claimer=self.claimer
+        ):
+            _claim_lost(event)
+            return
         log.info(
             "webhook event %s of tenant %s: attempt %d failed (%s); next in %.1fs",
             *_who(event),
@@ -170,6 +223,14 @@ class WebhookDelivery:
             error,
             delay,
         )
+
+
+def _claim_lost(event: DueWebhookEvent) -> None:
+    log.warning(
+        "webhook event %s of tenant %s: outcome not recorded, the claim was lost"
+        " (the lease ran out and another worker claimed the event)",
+        *_who(event),
+    )
 
 
 def _who(event: DueWebhookEvent) -> tuple[str, str]:

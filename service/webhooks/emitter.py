@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from service.domain import BalanceChange, BlockRef, Snapshot, Wallet
 from service.ports import Clock, WebhookStore, utc_now
 from service.records import NewWebhookEvent
-from service.webhooks.payload import BALANCE_UPDATED, balance_updated_body, new_event_id
+from service.webhooks.payload import BALANCE_UPDATED, balance_updated_body, event_id
 
 if TYPE_CHECKING:
     from service.ports import ChangeListener, WatchedSource
@@ -28,7 +28,10 @@ class WebhookEmitter:
     """Writes one event per subscribed wallet and changed currency, then wakes delivery.
 
     A store failure propagates to the follower: events are durable only once
-    ``balances_changed`` has returned.
+    ``balances_changed`` has returned.  An event's id comes from the change
+    (``payload.event_id``): detected again (a new leader reading the block after a
+    crash), it has the same id and the outbox keeps the first row, so its
+    ``createdAt``, and with it the payload, is the one first stored.
     """
 
     def __init__(
@@ -73,7 +76,7 @@ class WebhookEmitter:
         created_at = self._clock()
         events = [
             NewWebhookEvent(
-                event_id=new_event_id(),
+                event_id=event_id(wallet.tenant, wallet.wallet_id, block, change),
                 tenant=wallet.tenant,
                 wallet_id=wallet.wallet_id,
                 event_type=BALANCE_UPDATED,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ __all__ = [
     "BALANCE_UPDATED",
     "EVENT_TYPES",
     "balance_updated_body",
-    "new_event_id",
+    "event_id",
     "rfc3339",
 ]
 
@@ -22,9 +22,25 @@ BALANCE_UPDATED = "balance.updated"
 EVENT_TYPES = (BALANCE_UPDATED,)
 
 
-def new_event_id() -> str:
-    """``msg_`` + 32 hex digits (128 bits): the ``webhook-id`` of every send of one event."""
-    return "msg_" + secrets.token_hex(16)
+def event_id(tenant: str, wallet_id: str, block: BlockRef, change: BalanceChange) -> str:
+    """``msg_`` + 32 hex digits: the ``webhook-id`` of every send of one event.
+
+    Derived from the change itself (128 bits of SHA-256), so whichever process
+    detects it, and however often (a new leader reading the block again after a
+    crash), it is enqueued under one id, which the outbox keeps once.
+    """
+    fields = [
+        BALANCE_UPDATED,
+        tenant,
+        wallet_id,
+        block.network,
+        change.currency,
+        block.hash,
+        str(change.previous),
+        str(change.current),
+    ]
+    digest = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
+    return "msg_" + digest[:32]
 
 
 def rfc3339(moment: datetime) -> str:

@@ -1,4 +1,7 @@
-"""The SQLite store behind the wallet registry: register/list/delete wallets, API keys, schema."""
+"""The stores behind the wallet registry: register/list/delete wallets, API keys, schema.
+
+Every behaviour test runs against SQLite and PostgreSQL (``backend``); the file and
+schema tests at the end are SQLite's own."""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from service.errors import AlreadyExists, InvalidArgument, NotFound, WalletNotFo
 from service.records import WalletCursor, WalletRow
 from service.store.sqlite import SqliteStores, open_sqlite_stores
 from service.store.sqlite.migrations import MIGRATIONS, migrate, schema_version
+from service.store.stores import Stores
 from tests.support.clock import StepClock
+from tests.support.store_backends import BACKENDS, StoreBackend, store_backend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -37,8 +42,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "registry.sqlite3"
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    return store_backend(request, tmp_path)
+
+
 @pytest_asyncio.fixture
-async def stores(db_path: Path) -> AsyncIterator[SqliteStores]:
+async def stores(backend: StoreBackend) -> AsyncIterator[Stores]:
+    async with await backend.open() as opened:
+        yield opened
+
+
+@pytest_asyncio.fixture
+async def sqlite_stores(db_path: Path) -> AsyncIterator[SqliteStores]:
     async with await open_sqlite_stores(db_path) as opened:
         yield opened
 
@@ -53,7 +69,7 @@ def wallet_count(path: Path) -> int:
 
 
 async def test_register_is_idempotent_for_the_same_customer(
-    stores: SqliteStores,
+    stores: Stores,
 ) -> None:
     wallet, created = await stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_1)
     assert created
@@ -78,7 +94,7 @@ async def test_register_is_idempotent_for_the_same_customer(
 
 
 async def test_register_for_another_customer_of_the_tenant_already_exists(
-    stores: SqliteStores, db_path: Path
+    stores: Stores, backend: StoreBackend
 ) -> None:
     await stores.wallets.register_wallet(TENANT_A, "cus_owner_secret", "polygon", ADDR_1)
     with pytest.raises(AlreadyExists) as raised:
@@ -87,11 +103,11 @@ async def test_register_for_another_customer_of_the_tenant_already_exists(
     assert "polygon" in message and ADDR_1 in message
     assert "cus_owner_secret" not in message
     assert "wal_" not in message
-    assert wallet_count(db_path) == 1
+    assert await backend.count("wallets") == 1
 
 
 async def test_other_tenants_register_the_same_address_independently(
-    stores: SqliteStores,
+    stores: Stores,
 ) -> None:
     mine, _ = await stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_1)
     # B's customer has A's customer's ID *and* another one: neither clashes with A.
@@ -106,7 +122,7 @@ async def test_other_tenants_register_the_same_address_independently(
         await stores.wallets.get_wallet(TENANT_B, mine.wallet_id)
 
 
-async def test_register_validates_its_arguments(stores: SqliteStores) -> None:
+async def test_register_validates_its_arguments(stores: Stores) -> None:
     with pytest.raises(InvalidArgument, match="customer_id"):
         await stores.wallets.register_wallet(TENANT_A, "customer-1", "polygon", ADDR_1)
     with pytest.raises(InvalidArgument, match="checksummed"):
@@ -116,20 +132,20 @@ async def test_register_validates_its_arguments(stores: SqliteStores) -> None:
 
 
 async def test_concurrent_registrations_of_one_row_make_one_wallet(
-    stores: SqliteStores, db_path: Path
+    stores: Stores, backend: StoreBackend
 ) -> None:
     results = await asyncio.gather(
         *(stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_1) for _ in range(50))
     )
     assert len({wallet.wallet_id for wallet, _ in results}) == 1
     assert [created for _, created in results].count(True) == 1
-    assert wallet_count(db_path) == 1
+    assert await backend.count("wallets") == 1
 
 
 async def test_concurrent_registrations_through_two_connections(
-    stores: SqliteStores, db_path: Path
+    stores: Stores, backend: StoreBackend
 ) -> None:
-    other = await open_sqlite_stores(db_path)
+    other = await backend.open()
     try:
         results = await asyncio.gather(
             *(
@@ -142,16 +158,19 @@ async def test_concurrent_registrations_through_two_connections(
         await other.aclose()
     assert len({wallet.wallet_id for wallet, _ in results}) == 1
     assert [created for _, created in results].count(True) == 1
-    assert wallet_count(db_path) == 1
+    assert await backend.count("wallets") == 1
 
 
 _REGISTER_IN_A_PROCESS = """
 import asyncio, sys
 from pathlib import Path
-from service.store.sqlite import open_sqlite_stores
+from service.store.stores import open_stores_at
 
 async def main():
-    directory = await open_sqlite_stores(Path(sys.argv[1]))
+    # argv[1]: the SQLite file, or a PostgreSQL URL
+    target = sys.argv[1]
+    url = target if target.startswith("postgresql://") else None
+    directory = await open_stores_at(Path(target), url)
     try:
         results = await asyncio.gather(*(
             directory.wallets.register_wallet(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
@@ -167,14 +186,14 @@ asyncio.run(main())
 
 
 async def test_concurrent_registrations_from_several_processes(
-    stores: SqliteStores, db_path: Path
+    stores: Stores, backend: StoreBackend
 ) -> None:
     async def run() -> str:
         process = await children.create_subprocess_exec(
             sys.executable,
             "-c",
             _REGISTER_IN_A_PROCESS,
-            str(db_path),
+            backend.url or str(backend.path),
             TENANT_A,
             "cus_1",
             "polygon",
@@ -191,7 +210,7 @@ async def test_concurrent_registrations_from_several_processes(
     assert len(lines) == 40
     assert len({wallet_id for wallet_id, _ in lines}) == 1
     assert [created for _, created in lines].count("1") == 1
-    assert wallet_count(db_path) == 1
+    assert await backend.count("wallets") == 1
     ((wallet, created),) = [
         await stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_1)
     ]
@@ -202,7 +221,7 @@ async def test_concurrent_registrations_from_several_processes(
 
 
 async def all_pages(
-    stores: SqliteStores, tenant: str, customer_id: str, page_size: int
+    stores: Stores, tenant: str, customer_id: str, page_size: int
 ) -> list[list[Wallet]]:
     pages: list[list[Wallet]] = []
     cursor: WalletCursor | None = None
@@ -216,8 +235,8 @@ async def all_pages(
         assert len(pages) < 100, "paging does not end"
 
 
-async def test_list_pages_cover_every_wallet_exactly_once(db_path: Path) -> None:
-    stores = await open_sqlite_stores(db_path, clock=StepClock())
+async def test_list_pages_cover_every_wallet_exactly_once(backend: StoreBackend) -> None:
+    stores = await backend.open(clock=StepClock())
     try:
         # Four wallets share one created_at (one import); three more come one second apart.
         batch = await stores.wallets.import_wallets(
@@ -251,11 +270,11 @@ async def test_list_pages_cover_every_wallet_exactly_once(db_path: Path) -> None
         await stores.aclose()
 
 
-async def all_pages_flat(stores: SqliteStores, tenant: str, customer_id: str) -> list[Wallet]:
+async def all_pages_flat(stores: Stores, tenant: str, customer_id: str) -> list[Wallet]:
     return [w for page in await all_pages(stores, tenant, customer_id, 2) for w in page]
 
 
-async def test_list_rejects_malformed_customer_and_limit(stores: SqliteStores) -> None:
+async def test_list_rejects_malformed_customer_and_limit(stores: Stores) -> None:
     with pytest.raises(InvalidArgument):
         await stores.wallets.list_wallets(TENANT_A, "nope", after=None, limit=1)
     with pytest.raises(ValueError, match="limit"):
@@ -265,7 +284,7 @@ async def test_list_rejects_malformed_customer_and_limit(stores: SqliteStores) -
 # ---------------------------------------------------------------- delete_wallet
 
 
-async def test_delete_then_get_is_not_found(stores: SqliteStores) -> None:
+async def test_delete_then_get_is_not_found(stores: Stores) -> None:
     wallet, _ = await stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_1)
     kept, _ = await stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_2)
     assert await stores.wallets.delete_wallet(TENANT_A, "cus_1", wallet.wallet_id) == wallet
@@ -280,7 +299,7 @@ async def test_delete_then_get_is_not_found(stores: SqliteStores) -> None:
 
 
 async def test_delete_by_another_customer_or_tenant_is_not_found_and_deletes_nothing(
-    stores: SqliteStores, db_path: Path
+    stores: Stores, backend: StoreBackend
 ) -> None:
     wallet, _ = await stores.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_1)
     messages = set()
@@ -294,7 +313,7 @@ async def test_delete_by_another_customer_or_tenant_is_not_found_and_deletes_not
         messages.add(str(raised.value).replace(wallet_id, "ID"))
     assert messages == {"wallet ID not found"}
     assert await stores.wallets.get_wallet(TENANT_A, wallet.wallet_id) == wallet
-    assert wallet_count(db_path) == 1
+    assert await backend.count("wallets") == 1
     with pytest.raises(InvalidArgument):
         await stores.wallets.delete_wallet(TENANT_A, "cus_1", "not-a-wallet")
 
@@ -302,8 +321,8 @@ async def test_delete_by_another_customer_or_tenant_is_not_found_and_deletes_not
 # ---------------------------------------------------------------- API keys
 
 
-async def test_key_store_add_look_up_revoke_list(db_path: Path) -> None:
-    stores = await open_sqlite_stores(db_path, clock=StepClock())
+async def test_key_store_add_look_up_revoke_list(backend: StoreBackend) -> None:
+    stores = await backend.open(clock=StepClock())
     try:
         first, second, other = new_api_key(), new_api_key(), new_api_key()
         record = await stores.api_keys.add_key(first.key_id, TENANT_A, first.digest)
@@ -338,7 +357,7 @@ async def test_key_store_add_look_up_revoke_list(db_path: Path) -> None:
         await stores.aclose()
 
 
-async def test_key_store_refuses_bad_input(stores: SqliteStores) -> None:
+async def test_key_store_refuses_bad_input(stores: Stores) -> None:
     key = new_api_key()
     await stores.api_keys.add_key(key.key_id, TENANT_A, key.digest)
     with pytest.raises(AlreadyExists):
@@ -350,27 +369,25 @@ async def test_key_store_refuses_bad_input(stores: SqliteStores) -> None:
     assert [k.key_id for k in await stores.api_keys.list_keys()] == [key.key_id]
 
 
-async def test_only_the_digest_of_a_key_is_stored(stores: SqliteStores, db_path: Path) -> None:
+async def test_only_the_digest_of_a_key_is_stored(stores: Stores, backend: StoreBackend) -> None:
     keys = [new_api_key() for _ in range(5)]
     for key in keys:
         await stores.api_keys.add_key(key.key_id, TENANT_A, key.digest)
     await stores.aclose()
-    with closing(sqlite3.connect(db_path)) as connection:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        rows = connection.execute(
-            "SELECT key_id, tenant, digest, typeof(digest), created_at, revoked_at FROM api_keys"
-        ).fetchall()
+    rows = await backend.fetch(
+        "SELECT key_id, tenant, digest, created_at, revoked_at FROM api_keys"
+    )
     by_id = {key.key_id: key for key in keys}
     assert len(rows) == len(keys)
     for row in rows:
         key = by_id[row[0]]
-        assert row[3] == "blob" and row[2] == hash_key(key.plaintext)
+        assert isinstance(row[2], bytes) and row[2] == hash_key(key.plaintext)
         for value in row:
             assert key.plaintext not in str(value)
+    if backend.url is not None:
+        return  # PostgreSQL's files are the server's; SQLite's are checked below
     # Nowhere in the file either (nor its WAL), in any encoding of the secret.
-    files = b"".join(
-        path.read_bytes() for path in db_path.parent.iterdir() if path.name.startswith("registry")
-    )
+    files = b"".join(path.read_bytes() for path in backend.path.parent.iterdir() if path.is_file())
     for key in keys:
         secret = key.plaintext.split("_", 2)[2]
         assert secret.encode() not in files
@@ -380,15 +397,15 @@ async def test_only_the_digest_of_a_key_is_stored(stores: SqliteStores, db_path:
 # ---------------------------------------------------------------- persistence and schema
 
 
-async def test_wallets_and_keys_persist_across_reopen(db_path: Path) -> None:
+async def test_wallets_and_keys_persist_across_reopen(backend: StoreBackend) -> None:
     key = new_api_key()
-    first = await open_sqlite_stores(db_path)
+    first = await backend.open()
     try:
         wallet, _ = await first.wallets.register_wallet(TENANT_A, "cus_1", "polygon", ADDR_3)
         record = await first.api_keys.add_key(key.key_id, TENANT_A, key.digest)
     finally:
         await first.aclose()
-    second = await open_sqlite_stores(db_path)
+    second = await backend.open()
     try:
         assert await second.wallets.get_wallet(TENANT_A, wallet.wallet_id) == wallet
         assert await second.wallets.list_wallets(TENANT_A, "cus_1", after=None, limit=5) == [wallet]
@@ -405,13 +422,13 @@ async def test_migrates_an_empty_database(db_path: Path) -> None:
     await asyncio.to_thread(db_path.touch)  # an existing, empty file
     stores = await open_sqlite_stores(db_path)
     try:
-        assert await stores.database.schema_version() == len(MIGRATIONS) == 5
+        assert await stores.database.schema_version() == len(MIGRATIONS) == 6
         key = new_api_key()
         await stores.api_keys.add_key(key.key_id, TENANT_A, key.digest)
     finally:
         await stores.aclose()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == 5
+        assert schema_version(connection) == 6
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         assert {"wallets", "api_keys", "wallets_by_customer_page"} <= tables
         columns = [row[1] for row in connection.execute("PRAGMA table_info(api_keys)")]
@@ -431,7 +448,7 @@ async def test_migrates_a_version_1_database_keeping_its_wallets(db_path: Path) 
         )
     stores = await open_sqlite_stores(db_path)
     try:
-        assert await stores.database.schema_version() == 5
+        assert await stores.database.schema_version() == 6
         old = await stores.wallets.list_wallets(TENANT_A, "cus_1", after=None, limit=10)
         assert [w.wallet_id for w in old] == ["wal_old_1", "wal_old_2"]
         assert old[0].created_at == datetime(2023, 5, 1, tzinfo=UTC)

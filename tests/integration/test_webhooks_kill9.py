@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +37,13 @@ from standardwebhooks import Webhook
 
 from balances.v1 import webhooks_pb2 as wpb
 from balances.v1 import webhooks_pb2_grpc
-from service import children
 from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import mine, transfer
 from service.devchain.rpc import rpc_call
 from service.settings import WatchSettings, WebhookSettings
-from tests.support.cli import BALANCES
 from tests.support.monitoring import RECEIVER, SENDER, collapsed, monitored_world
-from tests.support.processes import drain, processes_in_group, read_stderr_until_serving
 from tests.support.rpc_proxy import CountingProxy
+from tests.support.serving import Served, kill_9, start_serving
 from tests.support.stack import keyed_channel, write_stack_config
 from tests.support.webhook_receiver import Received, WebhookReceiver
 
@@ -69,51 +66,6 @@ def webhooks(receiver: WebhookReceiver) -> WebhookSettings:
         timeout_seconds=5,
         retry_schedule_seconds=RETRIES,
     )
-
-
-@dataclass
-class Served:
-    """One ``balances serve`` process (leader of its own process group)."""
-
-    process: asyncio.subprocess.Process
-    port: int
-    lines: list[str]
-    drain: asyncio.Task[None]
-
-    @property
-    def pgid(self) -> int:
-        return self.process.pid
-
-
-async def start_serving(config_path: Path) -> Served:
-    process = await children.create_subprocess_exec(
-        str(BALANCES), "serve", "--config", str(config_path),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines: list[str] = []
-    try:
-        port = await read_stderr_until_serving(process.stderr, lines, timeout=15)
-    except BaseException:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
-    # Keep reading stderr: a full pipe would block the server's logging.
-    return Served(process, port, lines, asyncio.create_task(drain(process.stderr, lines)))
-
-
-async def kill_9(served: Served) -> None:
-    """SIGKILL to the whole process group; returns when nothing of it is left."""
-    with suppress(ProcessLookupError):
-        os.killpg(served.pgid, signal.SIGKILL)
-    await asyncio.wait_for(served.process.wait(), 10)
-    deadline = time.monotonic() + 10
-    while processes_in_group(served.pgid):
-        assert time.monotonic() < deadline, "the process group outlived SIGKILL"
-        await asyncio.sleep(0.02)
-    await asyncio.wait_for(served.drain, 10)
 
 
 @dataclass(frozen=True)

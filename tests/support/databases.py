@@ -110,7 +110,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         )  # fmt: skip
         try:
             _wait_for_port(port, process, directory / "server.log")
-            yield PostgresServer(port, directory, process)
+            server = PostgresServer(port, directory, process)
+            _wait_until_accepting(server)  # the port opens before start-up recovery ends
+            yield server
         finally:
             process.terminate()  # SIGTERM: "smart" shutdown; then fast
             try:
@@ -161,6 +163,18 @@ def _as_user(user: pwd.struct_passwd | None) -> list[str]:
         "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
         f"--pdeathsig={signal.Signals(children.DEATH_SIGNAL).name}",
     ]  # fmt: skip
+
+
+def _wait_until_accepting(server: PostgresServer) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        try:
+            server._psql("SELECT 1")
+            return
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline or server.process.poll() is not None:
+                raise
+            time.sleep(0.05)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path | None) -> None:

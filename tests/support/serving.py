@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -52,8 +53,10 @@ async def serve_process(
     tmp_path: Path,
     *,
     network_changes: Mapping[str, Mapping[str, Any]] | None = None,
+    **changes: Any,
 ) -> AsyncIterator[ServeProcess]:
-    """``balances serve --config FILE`` in its own process group, through counting proxies."""
+    """``balances serve --config FILE`` in its own process group, through counting proxies;
+    ``changes``: fields of ``Settings`` (as ``write_stack_config`` takes them)."""
     async with AsyncExitStack() as stack:
         proxies = {
             name: await stack.enter_async_context(CountingProxy(network.rpc_url))
@@ -64,6 +67,7 @@ async def serve_process(
             tmp_path,
             {name: [p.url] for name, p in proxies.items()},
             network_changes=network_changes,
+            **changes,
         )
         process = await children.create_subprocess_exec(
             str(BALANCES),
@@ -107,3 +111,48 @@ async def serve_process(
         for proxy in proxies.values():
             proxy.reset()
         yield running
+
+
+@dataclass
+class Served:
+    """One ``balances serve`` process (leader of its own process group)."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    lines: list[str]
+    drain: asyncio.Task[None]
+
+    @property
+    def pgid(self) -> int:
+        return self.process.pid
+
+
+async def start_serving(config_path: Path) -> Served:
+    process = await children.create_subprocess_exec(
+        str(BALANCES), "serve", "--config", str(config_path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        port = await read_stderr_until_serving(process.stderr, lines, timeout=15)
+    except BaseException:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise
+    # Keep reading stderr: a full pipe would block the server's logging.
+    return Served(process, port, lines, asyncio.create_task(drain(process.stderr, lines)))
+
+
+async def kill_9(served: Served) -> None:
+    """SIGKILL to the whole process group; returns when nothing of it is left."""
+    with suppress(ProcessLookupError):
+        os.killpg(served.pgid, signal.SIGKILL)
+    await asyncio.wait_for(served.process.wait(), 10)
+    deadline = time.monotonic() + 10
+    while processes_in_group(served.pgid):
+        assert time.monotonic() < deadline, "the process group outlived SIGKILL"
+        await asyncio.sleep(0.02)
+    await asyncio.wait_for(served.drain, 10)

@@ -24,7 +24,7 @@ from service.grpc_server import create_server
 from service.importfile import import_wallet_file
 from service.settings import Settings, load_settings
 from service.settings.render import render_settings
-from service.store.sqlite import open_sqlite_stores
+from service.store.stores import open_stores
 from service.wiring import Service, open_service
 from tests.support.rpc_proxy import CountingProxy
 
@@ -124,7 +124,7 @@ async def write_stack_config(
         settings = load_settings(config_path)
     wallets_path = tmp_path / "wallets.json"
     write_wallet_file(wallets_path, world.wallets)
-    stores = await open_sqlite_stores(settings.directory_path)
+    stores = await open_stores(settings)  # SQLite, or PostgreSQL with directory_url
     key = new_api_key()
     try:
         await import_wallet_file(

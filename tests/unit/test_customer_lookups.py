@@ -5,7 +5,8 @@ runs (caught by a trace callback), and the work of one lookup is counted in
 SQLite virtual-machine steps (a progress handler called on every step): a scan
 of the tenant costs several steps per wallet of the tenant, a range over the
 customer's index entries a few per wallet of the customer.  No timings here
-(scripts/hot_path_figures.py measures them).
+(scripts/hot_path_figures.py measures them).  SQLite's own planner and statistics:
+PostgreSQL's counterpart is tests/integration/test_customer_lookups_postgresql.py.
 """
 
 from __future__ import annotations

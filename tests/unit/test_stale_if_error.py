@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -138,6 +138,14 @@ class Cache:
 
     async def delete(self, key: str) -> None:
         self.entries.pop(key, None)
+
+    async def fill(
+        self, key: str, read: Callable[[float], Awaitable[Snapshot]], timeout: float
+    ) -> Snapshot:
+        cached = self.entries.get(key)
+        if cached is None:
+            cached = self.entries[key] = await read(timeout)
+        return cached
 
     async def aclose(self) -> None:
         self.entries.clear()

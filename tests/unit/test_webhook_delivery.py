@@ -56,6 +56,23 @@ class Outbox:
             for e in self._pending(exclude_wallets)[:limit]
         ]
 
+    async def claim_due_webhook_events(
+        self,
+        now: datetime,
+        limit: int,
+        claimer: str,
+        lease_seconds: float,
+        exclude_wallets: Collection[str] = (),
+    ) -> list[DueWebhookEvent]:
+        # One worker here: its claims need no bookkeeping (the stores' tests cover claims).
+        return await self.due_webhook_events(now, limit, exclude_wallets)
+
+    async def renew_webhook_claims(self, claimer: str, now: datetime, lease_seconds: float) -> int:
+        return 0
+
+    async def release_webhook_claims(self, claimer: str) -> int:
+        return 0
+
     async def next_webhook_attempt_at(
         self, exclude_wallets: Collection[str] = ()
     ) -> datetime | None:
@@ -65,20 +82,27 @@ class Outbox:
         if self.fail_writes:
             raise OSError("disk I/O error")
 
-    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
+    async def mark_webhook_delivered(
+        self, event_id: str, now: datetime, *, claimer: str | None = None
+    ) -> bool:
         self._write()
         self.status[event_id] = "delivered"
+        return True
 
     async def mark_webhook_retry(
-        self, event_id: str, error: str, next_attempt_at: datetime
-    ) -> None:
+        self, event_id: str, error: str, next_attempt_at: datetime, *, claimer: str | None = None
+    ) -> bool:
         self._write()
         self.errors.setdefault(event_id, []).append(error)
+        return True
 
-    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
+    async def mark_webhook_failed(
+        self, event_id: str, error: str, *, claimer: str | None = None
+    ) -> bool:
         self._write()
         self.errors.setdefault(event_id, []).append(error)
         self.status[event_id] = "failed"
+        return True
 
 
 @dataclass

@@ -119,6 +119,16 @@ MIGRATIONS: Sequence[Migration] = (
         "CREATE INDEX wallets_by_customer"
         " ON wallets (tenant, customer_id, network, created_at, wallet_id)",
     ),
+    # 6: outbox claims.  The delivery worker sending an event (``claimed_by``) and until
+    # when its lease lasts (``claimed_until``, a timestamp like ``next_attempt_at``); an
+    # expired lease makes the event claimable again.  NULL: nobody is sending it.
+    (
+        "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE webhook_outbox ADD COLUMN claimed_until TEXT",
+        # Renewing or releasing one claimer's claims: only claimed rows are indexed.
+        "CREATE INDEX webhook_outbox_by_claimer ON webhook_outbox (claimed_by)"
+        " WHERE claimed_by IS NOT NULL",
+    ),
 )
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from service.domain import Wallet, parse_tenant
@@ -48,6 +48,11 @@ _PENDING_HEADS = (
     " AND NOT EXISTS (SELECT 1 FROM webhook_outbox e WHERE e.wallet_id = o.wallet_id"
     " AND e.status = 'pending' AND e.seq < o.seq)"
 )
+# ... and not claimed by a live lease (``?``: now).
+_UNCLAIMED = " AND (o.claimed_until IS NULL OR o.claimed_until <= ?)"
+_DUE_COLUMNS = "o.event_id, o.tenant, o.wallet_id, o.payload, o.attempts, c.url, c.secret"
+# A mark applies to a pending event, with a claimer only while it holds the claim.
+_RELEASE = "claimed_by = NULL, claimed_until = NULL"
 
 
 class SqliteWebhookStore:
@@ -103,33 +108,72 @@ class SqliteWebhookStore:
             return []
         return await self._database.run(_select_due_events, now, limit, sorted(exclude_wallets))
 
+    async def claim_due_webhook_events(
+        self,
+        now: datetime,
+        limit: int,
+        claimer: str,
+        lease_seconds: float,
+        exclude_wallets: Collection[str] = (),
+    ) -> list[DueWebhookEvent]:
+        if limit < 1:
+            return []
+        until = now + timedelta(seconds=lease_seconds)
+        # One BEGIN IMMEDIATE: no other claimer (process) reads between select and update.
+        return await self._database.write(
+            _claim_due_events, now, limit, claimer, until, sorted(exclude_wallets)
+        )
+
+    async def renew_webhook_claims(self, claimer: str, now: datetime, lease_seconds: float) -> int:
+        until = to_timestamp(now + timedelta(seconds=lease_seconds))
+        return await self._database.run(
+            _execute,
+            "UPDATE webhook_outbox SET claimed_until = ?"
+            " WHERE claimed_by = ? AND status = 'pending'",
+            (until, claimer),
+        )
+
+    async def release_webhook_claims(self, claimer: str) -> int:
+        return await self._database.run(
+            _execute,
+            f"UPDATE webhook_outbox SET {_RELEASE} WHERE claimed_by = ?",  # noqa: S608 - ours
+            (claimer,),
+        )
+
     async def next_webhook_attempt_at(
         self, exclude_wallets: Collection[str] = ()
     ) -> datetime | None:
         return await self._database.run(_select_next_attempt_at, sorted(exclude_wallets))
 
-    async def mark_webhook_delivered(self, event_id: str, now: datetime) -> None:
-        await self._database.run(
+    async def mark_webhook_delivered(
+        self, event_id: str, now: datetime, *, claimer: str | None = None
+    ) -> bool:
+        return await self._database.run(
             _update_event,
             event_id,
+            claimer,
             "status = 'delivered', attempts = attempts + 1, last_error = NULL, delivered_at = ?",
             (to_timestamp(now),),
         )
 
     async def mark_webhook_retry(
-        self, event_id: str, error: str, next_attempt_at: datetime
-    ) -> None:
-        await self._database.run(
+        self, event_id: str, error: str, next_attempt_at: datetime, *, claimer: str | None = None
+    ) -> bool:
+        return await self._database.run(
             _update_event,
             event_id,
+            claimer,
             "attempts = attempts + 1, last_error = ?, next_attempt_at = ?",
             (error, to_timestamp(next_attempt_at)),
         )
 
-    async def mark_webhook_failed(self, event_id: str, error: str) -> None:
-        await self._database.run(
+    async def mark_webhook_failed(
+        self, event_id: str, error: str, *, claimer: str | None = None
+    ) -> bool:
+        return await self._database.run(
             _update_event,
             event_id,
+            claimer,
             "status = 'failed', attempts = attempts + 1, last_error = ?",
             (error,),
         )
@@ -254,43 +298,78 @@ def _select_due_events(
     connection: sqlite3.Connection, now: datetime, limit: int, exclude_wallets: list[str]
 ) -> list[DueWebhookEvent]:
     rows = connection.execute(
-        "SELECT o.event_id, o.tenant, o.wallet_id, o.payload, o.attempts, c.url, c.secret"
+        f"SELECT {_DUE_COLUMNS}"
         + _PENDING_HEADS
+        + _UNCLAIMED
         + " AND o.next_attempt_at <= ?"
         + _excluding(exclude_wallets)
         + " ORDER BY o.seq LIMIT ?",
-        (to_timestamp(now), *exclude_wallets, limit),
+        (to_timestamp(now), to_timestamp(now), *exclude_wallets, limit),
     ).fetchall()
     return [DueWebhookEvent(*row) for row in rows]
+
+
+def _claim_due_events(
+    connection: sqlite3.Connection,
+    now: datetime,
+    limit: int,
+    claimer: str,
+    until: datetime,
+    exclude_wallets: list[str],
+) -> list[DueWebhookEvent]:
+    """Inside the caller's ``BEGIN IMMEDIATE``: the due events, then claim them."""
+    due = _select_due_events(connection, now, limit, exclude_wallets)
+    connection.executemany(
+        "UPDATE webhook_outbox SET claimed_by = ?, claimed_until = ? WHERE event_id = ?",
+        [(claimer, to_timestamp(until), event.event_id) for event in due],
+    )
+    return due
 
 
 def _select_next_attempt_at(
     connection: sqlite3.Connection, exclude_wallets: list[str]
 ) -> datetime | None:
+    # A head claimed by someone else comes due again when its lease runs out, if ever.
     (found,) = connection.execute(
-        "SELECT MIN(o.next_attempt_at)" + _PENDING_HEADS + _excluding(exclude_wallets),
+        "SELECT MIN(MAX(o.next_attempt_at, COALESCE(o.claimed_until, o.next_attempt_at)))"
+        + _PENDING_HEADS
+        + _excluding(exclude_wallets),
         exclude_wallets,
     ).fetchone()
     return None if found is None else from_timestamp(found)
 
 
+def _execute(connection: sqlite3.Connection, query: str, parameters: tuple[object, ...]) -> int:
+    """One statement (autocommit is its transaction); the rows it changed."""
+    return connection.execute(query, parameters).rowcount
+
+
 def _update_event(
-    connection: sqlite3.Connection, event_id: str, assignments: str, values: tuple[object, ...]
-) -> None:
-    """Change a pending event (one statement: autocommit is its transaction)."""
-    connection.execute(
-        f"UPDATE webhook_outbox SET {assignments}"  # noqa: S608 (assignments are ours)
-        " WHERE event_id = ? AND status = 'pending'",
-        (*values, event_id),
+    connection: sqlite3.Connection,
+    event_id: str,
+    claimer: str | None,
+    assignments: str,
+    values: tuple[object, ...],
+) -> bool:
+    """Change a pending event and release its claim (one statement: autocommit is its
+    transaction); with ``claimer``, only while it holds the claim.  True when it applied."""
+    query = (
+        f"UPDATE webhook_outbox SET {assignments}, {_RELEASE}"  # noqa: S608 (ours)
+        " WHERE event_id = ? AND status = 'pending'"
     )
+    parameters: tuple[object, ...] = (*values, event_id)
+    if claimer is not None:
+        query += " AND claimed_by = ?"
+        parameters += (claimer,)
+    return connection.execute(query, parameters).rowcount > 0
 
 
 def _requeue_events(
     connection: sqlite3.Connection, tenant: str | None, since: datetime, now: datetime
 ) -> int:
     query = (
-        "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"
-        " last_error = NULL, delivered_at = NULL"
+        "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?,"  # noqa: S608 - fixed column lists, values are parameters
+        f" last_error = NULL, delivered_at = NULL, {_RELEASE}"
         " WHERE status IN ('delivered', 'failed') AND created_at >= ?"
     )
     parameters: list[object] = [to_timestamp(now), to_timestamp(since)]

@@ -1,8 +1,9 @@
-"""The read-through caches of ``service.store.cached`` over the real SQLite stores.
+"""The read-through caches of ``service.store.cached`` over the real stores, on SQLite and
+on PostgreSQL (``backend``).
 
-Store calls are counted by a spy between the cache and the SQLite store; other
-processes' writes are made through a second connection to the same file (a
-real ``balances keys revoke`` process against a running server is in
+Store calls are counted by a spy between the cache and the store; other processes'
+(replicas') writes are made through a second bundle of stores on the same database
+(a real ``balances keys revoke`` process against a running server is in
 tests/integration/test_warm_path.py).
 """
 
@@ -21,12 +22,8 @@ from service.domain import Wallet
 from service.errors import CustomerNotFound, InvalidArgument, NotFound, WalletNotFound
 from service.records import ApiKeyRecord, WalletRow
 from service.store.cached import CachedApiKeyStore, CachedWalletDirectory, StoreChanges
-from service.store.sqlite import (
-    SqliteApiKeyStore,
-    SqliteStores,
-    SqliteWalletStore,
-    open_sqlite_stores,
-)
+from service.store.stores import Stores
+from tests.support.store_backends import BACKENDS, StoreBackend, store_backend, uncached_stores
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -64,44 +61,45 @@ class Clock:
 
 
 class Cached:
-    """A cache pair over one open SQLite file, with spies on the stores and a test clock."""
+    """A cache pair over one open database, with spies on the stores and a test clock."""
 
-    def __init__(self, stores: SqliteStores, *, max_lag: float = 1.0, **sizes: int) -> None:
+    def __init__(self, stores: Stores, *, max_lag: float = 1.0, **sizes: int) -> None:
         self.clock = Clock()
         self.changes = StoreChanges(stores.database.data_version, max_lag=max_lag, clock=self.clock)
-        self.key_store = Spy(SqliteApiKeyStore(stores.database))
-        self.wallet_store = Spy(SqliteWalletStore(stores.database))
+        key_store, wallet_store = uncached_stores(stores)
+        self.key_store = Spy(key_store)
+        self.wallet_store = Spy(wallet_store)
         key_sizes = {k: v for k, v in sizes.items() if k == "max_keys"}
         wallet_sizes = {k: v for k, v in sizes.items() if k != "max_keys"}
         self.keys = CachedApiKeyStore(self.key_store, self.changes, **key_sizes)
         self.wallets = CachedWalletDirectory(self.wallet_store, self.changes, **wallet_sizes)
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "wallets.sqlite3"
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    return store_backend(request, tmp_path)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def stores(db_path: Path) -> AsyncIterator[SqliteStores]:
-    async with await open_sqlite_stores(db_path) as opened:
+async def stores(backend: StoreBackend) -> AsyncIterator[Stores]:
+    async with await backend.open() as opened:
         yield opened
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def elsewhere(db_path: Path, stores: SqliteStores) -> AsyncIterator[SqliteStores]:
-    """A second connection to the same file: another process, as far as SQLite can tell."""
-    async with await open_sqlite_stores(db_path) as opened:
+async def elsewhere(backend: StoreBackend, stores: Stores) -> AsyncIterator[Stores]:
+    """Stores on another connection to the same database: another process (replica)."""
+    async with await backend.open() as opened:
         yield opened
 
 
-async def add_key(stores: SqliteStores, tenant: str = ACME) -> str:
+async def add_key(stores: Stores, tenant: str = ACME) -> str:
     key = new_api_key()
     await stores.api_keys.add_key(key.key_id, tenant, key.digest)
     return key.key_id
 
 
-async def register(stores: SqliteStores, customer: str, address: str, tenant: str = ACME) -> Wallet:
+async def register(stores: Stores, customer: str, address: str, tenant: str = ACME) -> Wallet:
     wallet, _ = await stores.wallets.register_wallet(tenant, customer, "polygon", address)
     return wallet
 
@@ -109,7 +107,7 @@ async def register(stores: SqliteStores, customer: str, address: str, tenant: st
 # ---------------------------------------------------------------- warm lookups
 
 
-async def test_warm_lookups_make_no_store_call(stores: SqliteStores) -> None:
+async def test_warm_lookups_make_no_store_call(stores: Stores) -> None:
     key_id = await add_key(stores)
     wallet = await register(stores, "cus_1", ADDR_1)
     cached = Cached(stores)
@@ -122,7 +120,7 @@ async def test_warm_lookups_make_no_store_call(stores: SqliteStores) -> None:
     assert cached.wallet_store.calls == {"get_wallet": 1, "customer_wallets": 1}
 
 
-async def test_a_customers_list_is_handed_out_as_a_copy(stores: SqliteStores) -> None:
+async def test_a_customers_list_is_handed_out_as_a_copy(stores: Stores) -> None:
     wallet = await register(stores, "cus_1", ADDR_1)
     cached = Cached(stores)
     (await cached.wallets.customer_wallets(ACME, "cus_1")).clear()
@@ -132,7 +130,7 @@ async def test_a_customers_list_is_handed_out_as_a_copy(stores: SqliteStores) ->
 # ---------------------------------------------------------------- misses
 
 
-async def test_misses_are_never_cached_and_look_alike(stores: SqliteStores) -> None:
+async def test_misses_are_never_cached_and_look_alike(stores: Stores) -> None:
     foreign = await register(stores, "cus_g", ADDR_1, tenant=GLOBEX)
     await register(stores, "cus_g", ADDR_2, tenant=GLOBEX)
     cached = Cached(stores)
@@ -149,7 +147,7 @@ async def test_misses_are_never_cached_and_look_alike(stores: SqliteStores) -> N
     assert cached.wallet_store.calls == {"get_wallet": 6, "customer_wallets": 3}
 
 
-async def test_many_distinct_misses_leave_the_tables_empty(stores: SqliteStores) -> None:
+async def test_many_distinct_misses_leave_the_tables_empty(stores: Stores) -> None:
     cached = Cached(stores)
     for n in range(300):
         assert await cached.keys.key_by_id(f"{n:012x}") is None
@@ -158,7 +156,7 @@ async def test_many_distinct_misses_leave_the_tables_empty(stores: SqliteStores)
     assert (len(cached.keys._keys), len(cached.wallets._wallets)) == (0, 0)
 
 
-async def test_malformed_ids_are_refused_as_before(stores: SqliteStores) -> None:
+async def test_malformed_ids_are_refused_as_before(stores: Stores) -> None:
     cached = Cached(stores)
     with pytest.raises(InvalidArgument):
         await cached.wallets.get_wallet(ACME, "not a wallet id")
@@ -169,7 +167,7 @@ async def test_malformed_ids_are_refused_as_before(stores: SqliteStores) -> None
 # ---------------------------------------------------------------- bounds
 
 
-async def test_tables_are_bounded_least_recently_used_out(stores: SqliteStores) -> None:
+async def test_tables_are_bounded_least_recently_used_out(stores: Stores) -> None:
     key_ids = [await add_key(stores) for _ in range(4)]
     cached = Cached(stores, max_keys=3)
     for key_id in key_ids[:3]:
@@ -184,7 +182,7 @@ async def test_tables_are_bounded_least_recently_used_out(stores: SqliteStores) 
     assert cached.key_store.calls["key_by_id"] == before + 1
 
 
-async def test_customer_lists_count_their_wallets_toward_the_bound(stores: SqliteStores) -> None:
+async def test_customer_lists_count_their_wallets_toward_the_bound(stores: Stores) -> None:
     for address in (ADDR_1, ADDR_2, ADDR_3):
         await register(stores, "cus_big", address)
     await register(stores, "cus_small", ADDR_1, tenant=GLOBEX)
@@ -199,7 +197,7 @@ async def test_customer_lists_count_their_wallets_toward_the_bound(stores: Sqlit
 # ---------------------------------------------------------------- writes in this process
 
 
-async def test_revocation_through_the_cache_is_effective_at_once(stores: SqliteStores) -> None:
+async def test_revocation_through_the_cache_is_effective_at_once(stores: Stores) -> None:
     key_id = await add_key(stores)
     cached = Cached(stores)
     found = await cached.keys.key_by_id(key_id)
@@ -211,7 +209,7 @@ async def test_revocation_through_the_cache_is_effective_at_once(stores: SqliteS
         await cached.keys.revoke_key("0123456789ab")
 
 
-async def test_deletion_through_the_cache_is_effective_at_once(stores: SqliteStores) -> None:
+async def test_deletion_through_the_cache_is_effective_at_once(stores: Stores) -> None:
     kept = await register(stores, "cus_1", ADDR_1)
     deleted = await register(stores, "cus_1", ADDR_2)
     cached = Cached(stores)
@@ -223,7 +221,7 @@ async def test_deletion_through_the_cache_is_effective_at_once(stores: SqliteSto
     assert await cached.wallets.customer_wallets(ACME, "cus_1") == [kept]
 
 
-async def test_imports_and_registrations_are_effective_at_once(stores: SqliteStores) -> None:
+async def test_imports_and_registrations_are_effective_at_once(stores: Stores) -> None:
     first = await register(stores, "cus_1", ADDR_1)
     cached = Cached(stores)
     assert await cached.wallets.customer_wallets(ACME, "cus_1") == [first]
@@ -235,7 +233,7 @@ async def test_imports_and_registrations_are_effective_at_once(stores: SqliteSto
 
 
 async def test_a_lookup_racing_a_revocation_does_not_keep_the_old_record(
-    stores: SqliteStores,
+    stores: Stores,
 ) -> None:
     """The lookup read the key before the revocation and returns after it: not stored."""
     key_id = await add_key(stores)
@@ -263,7 +261,7 @@ async def test_a_lookup_racing_a_revocation_does_not_keep_the_old_record(
 
 
 async def test_another_connections_revocation_is_seen_within_max_lag(
-    stores: SqliteStores, elsewhere: SqliteStores
+    stores: Stores, elsewhere: Stores
 ) -> None:
     key_id = await add_key(stores)
     cached = Cached(stores, max_lag=1.0)
@@ -278,7 +276,7 @@ async def test_another_connections_revocation_is_seen_within_max_lag(
 
 
 async def test_another_connections_writes_drop_every_table(
-    stores: SqliteStores, elsewhere: SqliteStores
+    stores: Stores, elsewhere: Stores
 ) -> None:
     first = await register(stores, "cus_1", ADDR_1)
     doomed = await register(stores, "cus_1", ADDR_2)
@@ -293,8 +291,8 @@ async def test_another_connections_writes_drop_every_table(
     assert await cached.wallets.customer_wallets(ACME, "cus_1") == [first, added]
 
 
-async def test_own_writes_do_not_drop_the_tables(stores: SqliteStores) -> None:
-    """This connection's commits leave ``data_version`` alone: only what changed goes."""
+async def test_own_writes_do_not_drop_the_tables(stores: Stores) -> None:
+    """This bundle's commits leave ``data_version`` alone: only what changed goes."""
     kept = await register(stores, "cus_1", ADDR_1)
     cached = Cached(stores, max_lag=1.0)
     await cached.wallets.get_wallet(ACME, kept.wallet_id)
@@ -305,7 +303,7 @@ async def test_own_writes_do_not_drop_the_tables(stores: SqliteStores) -> None:
     assert cached.wallet_store.calls["get_wallet"] == 1
 
 
-async def test_one_check_serves_every_concurrent_lookup(stores: SqliteStores) -> None:
+async def test_one_check_serves_every_concurrent_lookup(stores: Stores) -> None:
     key_id = await add_key(stores)
     checks = 0
     version: Callable[[], Any] = stores.database.data_version
