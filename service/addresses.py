@@ -22,11 +22,12 @@ def parse_address(value: str) -> str:
     """
     if not _HEX_ADDRESS.fullmatch(value):
         raise InvalidArgument(
-            f"address {value[:80]!r} is malformed: expected 0x followed by 40 hex digits"
+            f"address {value[:80]!r} is malformed: expected 0x followed by 40 hex digits",
+            field="address",
         )
     checksummed: str = to_checksum_address(value)
     digits = value[2:]
     mixed_case = digits != digits.lower() and digits != digits.upper()
     if mixed_case and value != checksummed:
-        raise InvalidArgument(f"address {value!r} fails its EIP-55 checksum")
+        raise InvalidArgument(f"address {value!r} fails its EIP-55 checksum", field="address")
     return checksummed

@@ -43,6 +43,8 @@ class MemorySnapshotCache:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, Snapshot]] = OrderedDict()
+        # Entries dropped: past their TTL, or over max_entries (service.metrics_sampler).
+        self.expired = self.evicted = 0
 
     def __len__(self) -> int:
         """Entries held, expired ones not yet dropped included."""
@@ -54,6 +56,7 @@ class MemorySnapshotCache:
             return None
         if entry[0] <= self._clock():
             del self._entries[key]
+            self.expired += 1
             return None
         self._entries.move_to_end(key)
         return entry[1]
@@ -69,8 +72,10 @@ class MemorySnapshotCache:
             if oldest[0] > now:
                 break
             entries.popitem(last=False)
+            self.expired += 1
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
+            self.evicted += 1
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)

@@ -16,8 +16,9 @@ from pathlib import Path
 from service.domain import DEFAULT_TENANT
 from service.errors import BalancesError, ConfigError, ImportRejected, StartupError
 from service.gateway.limits import RestLimits
-from service.logs import setup_logging
+from service.logs import LOG_FORMATS, setup_logging
 from service.settings import CONFIG_ENV_VAR, RestSettings, Settings, load_settings
+from service.settings.show import secret_urls
 from service.stop_signals import StoppedBySignal, StopSignals
 
 __all__ = ["main"]
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         help="N processes sharing the gRPC and REST ports (default: 1, a single process)",
     )
     serve.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # service/workers.py
+    _log_format_option(serve)
     serve.set_defaults(run=_serve)
 
     health = commands.add_parser(
@@ -119,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(migrate)
     migrate.set_defaults(run=_migrate)
 
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(required=True, metavar="COMMAND")
+    show = config_commands.add_parser(
+        "show",
+        help="print the effective configuration (the file, then BALANCES_<SECTION>__<KEY>"
+        " variables) as TOML, secrets masked",
+    )
+    _config_option(show)
+    show.set_defaults(run=_show_config)
+
     webhooks = commands.add_parser("webhooks", help="manage balance.updated webhook events")
     webhook_commands = webhooks.add_subparsers(required=True, metavar="COMMAND")
     replay = webhook_commands.add_parser(
@@ -145,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         default=RestLimits.default_timeout_seconds,
         metavar="SECONDS",
     )
+    _log_format_option(gateway)
     gateway.set_defaults(run=_gateway)
 
     demo = commands.add_parser(
@@ -190,13 +203,22 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace, *, log_level: str | None = None) -> Settings:
     path = args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)
     settings = load_settings(path, environ=os.environ)
-    secret_urls = [u for n in settings.networks for u in n.rpc_urls]
-    if settings.directory_url is not None:
-        secret_urls.append(settings.directory_url)
-    if settings.cache_redis_url is not None:
-        secret_urls.append(settings.cache_redis_url)
-    setup_logging(secret_urls, level=log_level)
+    setup_logging(
+        secret_urls(settings),
+        level=log_level,
+        log_format=getattr(args, "log_format", None) or settings.logging.format,
+        access_log=settings.logging.access_log,
+    )
     return settings
+
+
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="log lines on stderr as text or JSON objects (default: [logging] format, else text)",
+    )
 
 
 def _quiet_settings(args: argparse.Namespace) -> Settings:
@@ -226,6 +248,8 @@ def _serve(args: argparse.Namespace, signals: StopSignals) -> int:
             )
             return 0
         config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG)).resolve()
+        if args.log_format is not None:  # the workers read their settings as this one did
+            os.environ["BALANCES_LOGGING__FORMAT"] = args.log_format
         return signals.run(
             lambda: workers.supervise(
                 settings, args.workers, config, stop=signals.stop, on_ready=signals.serving
@@ -283,6 +307,13 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_config(args: argparse.Namespace) -> int:
+    from service.settings.show import show_settings
+
+    print(show_settings(_quiet_settings(args)))
+    return 0
+
+
 def _replay_webhooks(args: argparse.Namespace) -> int:
     from service import commands
 
@@ -295,7 +326,7 @@ def _replay_webhooks(args: argparse.Namespace) -> int:
 def _gateway(args: argparse.Namespace) -> int:
     from service.gateway.sidecar import run_sidecar
 
-    setup_logging()
+    setup_logging(log_format=args.log_format or "text")
     limits = RestLimits(
         max_body_bytes=args.max_body_bytes, default_timeout_seconds=args.default_timeout
     )

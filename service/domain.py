@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
+from typing import NamedTuple
 
 from service.errors import InvalidArgument
 
@@ -46,7 +47,8 @@ def parse_wallet_id(value: str) -> str:
     if not _WALLET_ID.fullmatch(value):
         raise InvalidArgument(
             f"wallet_id {_shown(value)} is malformed: expected 'wal_' followed by 1-64 "
-            "letters, digits or underscores"
+            "letters, digits or underscores",
+            field="wallet_id",
         )
     return value
 
@@ -56,7 +58,8 @@ def parse_customer_id(value: str) -> str:
     if not _CUSTOMER_ID.fullmatch(value):
         raise InvalidArgument(
             f"customer_id {_shown(value)} is malformed: expected 'cus_' followed by 1-64 "
-            "letters, digits or underscores"
+            "letters, digits or underscores",
+            field="customer_id",
         )
     return value
 
@@ -151,8 +154,12 @@ class Snapshot:
     feeds: dict[str, FeedReading]
 
 
-@dataclass(frozen=True)
-class TokenAmount:
+# TokenAmount and WalletBalance are built per wallet of every answer (a 5,000-wallet
+# customer: 20,000 of them): immutable tuples, which build in half the time of frozen
+# dataclasses (whose ``__init__`` sets each field through ``object.__setattr__``).
+
+
+class TokenAmount(NamedTuple):
     """An amount of one currency, exact: ``raw`` / 10**``decimals``."""
 
     currency: str
@@ -160,8 +167,7 @@ class TokenAmount:
     decimals: int
 
 
-@dataclass(frozen=True)
-class WalletBalance:
+class WalletBalance(NamedTuple):
     """What one wallet holds at one block.
 
     ``stale``: every provider failed and this is the last good read (stale-if-error),
@@ -200,8 +206,7 @@ class BlockRef:
     timestamp: int
 
 
-@dataclass(frozen=True)
-class BalanceChange:
+class BalanceChange(NamedTuple):  # one per change per block, and per stream: a tuple
     """One currency of one address changed between two reads (raw on-chain integers)."""
 
     network: str

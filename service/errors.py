@@ -5,9 +5,12 @@
     │   └── UndecodableRequest    the request's bytes are not a message of its type
     ├── NotFound                  nothing by that ID for this caller
     │   ├── WalletNotFound
-    │   └── CustomerNotFound
+    │   ├── CustomerNotFound
+    │   └── WebhookConfigNotFound
     ├── AlreadyExists             the thing exists and belongs to someone else of this tenant
+    │   └── AddressTaken          a wallet address is another customer's
     ├── Unauthenticated           no API key, or not a valid one (never says which)
+    ├── FeatureDisabled           the server runs without a feature the RPC needs (watching)
     ├── RateLimited               an API key is over a rate limit or concurrency quota
     ├── ChainUnavailable          a network or one of its tokens/feeds could not be read
     └── PriceUnavailable          a price needed for a total is missing or too old
@@ -20,6 +23,10 @@
     TooDeep (ValueError)          untrusted JSON nests too deep; each reader turns it into its
                                   own error (InvalidArgument, ImportRejected, HTTP 400)
 
+Each error maps to one gRPC status with rich details (``google.rpc.ErrorInfo`` and
+more) in ``service.api.status``; what an error carries here (``field``, ``network``,
+``token``, ``quota``...) is what that mapping needs.
+
 Anything else that escapes a use case is a bug: the transport turns it into
 INTERNAL with a request ID and logs it, redacted.  Messages never carry an RPC
 URL: errors name the network and token instead.
@@ -28,12 +35,14 @@ URL: errors name the network and token instead.
 from __future__ import annotations
 
 __all__ = [
+    "AddressTaken",
     "AlreadyExists",
     "BalancesError",
     "CannotListen",
     "ChainUnavailable",
     "ConfigError",
     "CustomerNotFound",
+    "FeatureDisabled",
     "ImportRejected",
     "InvalidArgument",
     "NotFound",
@@ -46,6 +55,7 @@ __all__ = [
     "Unauthenticated",
     "UndecodableRequest",
     "WalletNotFound",
+    "WebhookConfigNotFound",
 ]
 
 
@@ -54,7 +64,15 @@ class BalancesError(Exception):
 
 
 class InvalidArgument(BalancesError):
-    """The request is malformed; retrying it unchanged cannot succeed."""
+    """The request is malformed; retrying it unchanged cannot succeed.
+
+    ``field`` is the request field at fault, by its proto name (``wallet_id``,
+    ``page_token``), or "" when no one field is (the whole request).
+    """
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UndecodableRequest(InvalidArgument):
@@ -81,23 +99,57 @@ class CustomerNotFound(NotFound):
         self.customer_id = customer_id
 
 
+class WebhookConfigNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("no webhook is configured for this tenant")
+
+
 class AlreadyExists(BalancesError):
     """Creating would clash with something the caller's tenant already has."""
 
 
-class Unauthenticated(BalancesError):
-    """No API key, or one that is unknown, malformed or revoked: deliberately one message."""
+class AddressTaken(AlreadyExists):
+    """The address is registered to another customer of the tenant (never named)."""
 
-    def __init__(self) -> None:
+    def __init__(self, network: str, address: str) -> None:
+        super().__init__(
+            f"address {address} on network {network} is already registered to another customer"
+        )
+        self.network = network
+        self.address = address
+
+
+class Unauthenticated(BalancesError):
+    """No API key, or one that is unknown, malformed or revoked: deliberately one message.
+
+    ``missing``: no key was sent at all (the caller knows that already, so saying it
+    tells nothing); an unknown, malformed and a revoked key stay indistinguishable.
+    """
+
+    def __init__(self, *, missing: bool = False) -> None:
         super().__init__("missing or invalid API key")
+        self.missing = missing
+
+
+class FeatureDisabled(BalancesError):
+    """The RPC needs a feature this server was started without (``feature``: ``watch``)."""
+
+    def __init__(self, feature: str, message: str) -> None:
+        super().__init__(message)
+        self.feature = feature
 
 
 class RateLimited(BalancesError):
-    """An API key is over its rate limit or a concurrency quota; retry after ``retry_after`` s."""
+    """An API key is over its rate limit or a concurrency quota; retry after ``retry_after`` s.
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    ``quota``: which one, ``rate`` (requests per second), ``in_flight`` (unary calls at
+    once) or ``streams`` (watch streams open at once).
+    """
+
+    def __init__(self, message: str, retry_after: float, *, quota: str = "rate") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.quota = quota
 
 
 class ChainUnavailable(BalancesError):

@@ -9,11 +9,14 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from balances.v1 import balances_pb2_grpc, wallets_pb2_grpc, webhooks_pb2_grpc
+from service import metrics, tracing
 from service.api.auth_interceptor import AuthInterceptor
 from service.api.balances_servicer import BalancesServicer
 from service.api.interceptors import ErrorInterceptor
+from service.api.metrics_interceptor import MetricsInterceptor
 from service.api.network_health import NetworkHealthReporter
 from service.api.services import API_SERVICES
+from service.api.tracing_interceptor import TracingInterceptor
 from service.api.wallets_servicer import WalletsServicer
 from service.api.webhooks_servicer import WebhooksServicer
 from service.errors import CannotListen
@@ -47,6 +50,10 @@ def create_server(
     # grpcio turns SO_REUSEPORT on by default: a second server on a taken port would
     # silently share it instead of failing.  Only ``serve --workers`` asks for it.
     interceptors = [ErrorInterceptor(), AuthInterceptor(service.authenticator, service.quotas)]
+    if metrics.enabled():  # [metrics]: outside the others, so refusals are counted and timed
+        interceptors.insert(0, MetricsInterceptor())
+    if tracing.enabled():  # [tracing]: outermost, a call's span covers auth and errors too
+        interceptors.insert(0, TracingInterceptor())
     server = aio.server(
         interceptors=interceptors,
         options=[

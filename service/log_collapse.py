@@ -7,6 +7,10 @@ counted, and the next line of that kind written says how many were held back
 (``[47 more like this in the last 10s]``).  Counts still pending at exit are
 written by the handler as it closes (``summaries``).  Different kinds never
 hold each other back, so a new problem is always seen at once.
+
+A record may name its own kind (``_collapse_kind``: the access lines of
+``service.request_context`` use their method and status) or pass unconditionally
+(``_collapse_exempt``); leading underscores keep both out of JSON lines.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 __all__ = ["CollapsingFilter"]
 
 Kind = tuple[str, int, str, int, str]
-_SUMMARY = "collapse_summary"  # marks flush's own records, which always pass
+_SUMMARY = "_collapse_summary"  # marks flush's own records, which always pass
+_EXEMPT = "_collapse_exempt"
+_KIND = "_collapse_kind"
 
 
 @dataclass
@@ -50,9 +56,10 @@ class CollapsingFilter(logging.Filter):
         self._windows: dict[Kind, _Window] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, _SUMMARY, False):
+        if getattr(record, _SUMMARY, False) or getattr(record, _EXEMPT, False):
             return True
-        kind = (record.name, record.levelno, record.pathname, record.lineno, str(record.msg))
+        template = getattr(record, _KIND, None) or str(record.msg)
+        kind = (record.name, record.levelno, record.pathname, record.lineno, template)
         now = self._clock()
         window = self._windows.get(kind)
         held_before = 0

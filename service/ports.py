@@ -312,6 +312,10 @@ class WebhookStore(WebhookOutbox, Protocol):
         """Every outbox event (of ``tenant`` when given), in outbox order."""
         ...
 
+    async def webhook_backlog(self) -> tuple[int, datetime | None]:
+        """How many events are pending, and when the oldest of them was created."""
+        ...
+
 
 class FollowerStateStore(Protocol):
     """Where followers keep their last read across restarts."""

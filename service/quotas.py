@@ -223,12 +223,14 @@ def _check_room(state: _KeyState, key_id: str, kind: CallKind) -> None:
             f"API key {key_id} has {quota.max_in_flight} calls in flight, its most;"
             " retry when one has finished",
             BUSY_RETRY_SECONDS,
+            quota="in_flight",
         )
     if kind is CallKind.STREAM and state.streams >= quota.max_streams:
         raise RateLimited(
             f"API key {key_id} has {quota.max_streams} watch streams open, its most;"
             " retry when one has ended",
             BUSY_RETRY_SECONDS,
+            quota="streams",
         )
 
 

@@ -49,9 +49,11 @@ class WalletRow:
         if self.wallet_id is not None:
             parse_wallet_id(self.wallet_id)
         if not self.network:
-            raise InvalidArgument("network is empty")
+            raise InvalidArgument("network is empty", field="network")
         if parse_address(self.address) != self.address:
-            raise InvalidArgument(f"address {self.address!r} is not in EIP-55 checksummed form")
+            raise InvalidArgument(
+                f"address {self.address!r} is not in EIP-55 checksummed form", field="address"
+            )
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ class WalletRegistry:
         parse_customer_id(customer_id)
         if network not in self._networks:
             raise InvalidArgument(
-                f"network {network[:40]!r} is not configured; known: {', '.join(self._networks)}"
+                f"network {network[:40]!r} is not configured; known: {', '.join(self._networks)}",
+                field="network",
             )
         return await self._directory.register_wallet(
             tenant, customer_id, network, parse_address(address)
@@ -60,7 +61,7 @@ class WalletRegistry:
     ) -> WalletPage:
         parse_customer_id(customer_id)
         if page_size < 0:
-            raise InvalidArgument("page_size must not be negative")
+            raise InvalidArgument("page_size must not be negative", field="page_size")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_token(page_token, customer_id) if page_token else None
         wallets = await self._directory.list_wallets(
@@ -103,7 +104,7 @@ def _decode_token(token: str, customer_id: str) -> WalletCursor:
     here too, not left to surface as INTERNAL.
     """
     if len(token) > _MAX_TOKEN_CHARS:
-        raise InvalidArgument("page_token is invalid")
+        raise InvalidArgument("page_token is invalid", field="page_token")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = loads_bounded(raw)
@@ -121,7 +122,7 @@ def _decode_token(token: str, customer_id: str) -> WalletCursor:
         RecursionError,
         InvalidArgument,
     ):
-        raise InvalidArgument("page_token is invalid") from None
+        raise InvalidArgument("page_token is invalid", field="page_token") from None
     if not same_customer:
-        raise InvalidArgument("page_token is invalid")
+        raise InvalidArgument("page_token is invalid", field="page_token")
     return cursor

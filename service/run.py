@@ -16,13 +16,16 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
+from service import metrics
 from service.api.services import API_SERVICES
 from service.gateway.inprocess import InProcessServer
 from service.gateway.serve import start_gateway
 from service.grpc_server import create_server
+from service.metrics_sampler import MetricsSampler, sampling
 from service.settings import Settings, TlsSettings
 from service.tls import PrivateSocket, rest_ssl_context
-from service.wiring import open_service
+from service.tracing import start_tracing, stop_tracing
+from service.wiring import Service, open_service
 
 __all__ = ["ServingPorts", "serve"]
 
@@ -53,6 +56,16 @@ async def serve(
     """
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as exits:
+        if settings.tracing.enabled:  # before the server and the shim: they trace when it is on
+            assert settings.tracing.otlp_endpoint is not None
+            provider = start_tracing(
+                service_name=settings.tracing.service_name,
+                otlp_endpoint=settings.tracing.otlp_endpoint,
+                sample_ratio=settings.tracing.sample_ratio,
+            )
+            exits.push_async_callback(stop_tracing, provider)  # last: sends the final spans
+        if settings.metrics_listen is not None:
+            metrics.enable()  # before the server and the shim: they measure when it is on
         service = await exits.enter_async_context(open_service(settings))
         # The REST gateway's own way in, independent of the public port's TLS/mTLS.
         private_socket = PrivateSocket() if settings.rest is not None else None
@@ -91,6 +104,8 @@ async def serve(
         for name in ("", *(s.full_name for s in API_SERVICES)):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await service.network_health.publish()  # each network, and "" unless none is readable
+        if settings.metrics_listen is not None:
+            await _serve_metrics(exits, service, settings.metrics_listen)
         log.info("serving gRPC on port %d%s", port, _tls_note(settings.tls))
         # What start-up built lives as long as the process: keep it out of every later
         # full collection (measured: 90-200 ms pauses in a 1,000-stream watch fan-out).
@@ -110,6 +125,16 @@ async def serve(
             # REST first: its in-flight requests still need the gRPC server.
             await gateway.aclose()
         await server.stop(settings.grace_period_seconds)
+
+
+async def _serve_metrics(exits: AsyncExitStack, service: Service, listen: str) -> None:
+    """``GET /metrics`` on ``listen``; a ``serve --workers`` worker only samples into the
+    supervisor's directory, which the supervisor serves (service/workers.py)."""
+    if metrics.in_worker():
+        await exits.enter_async_context(sampling(service))
+        return
+    sampler = MetricsSampler(service)
+    await exits.enter_async_context(metrics.serve_metrics(listen, before_scrape=sampler.sample))
 
 
 def _tls_note(tls: TlsSettings | None) -> str:

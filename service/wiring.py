@@ -24,6 +24,7 @@ from service.chain.providers import ProviderPool
 from service.chain.reader import ChainReader
 from service.cluster.coordination import Coordination, StreamBus, open_stream_bus
 from service.domain import Wallet
+from service.metrics_sources import MeasuredSource
 from service.network_health import NetworkHealth
 from service.ports import SnapshotCache, SnapshotSource
 from service.quotas import CallQuotas, MemoryCallQuotas
@@ -68,6 +69,7 @@ class Service:
     webhook_management: WebhookManagement  # the config and replay use cases
     webhook_destinations: WebhookDestinations  # where webhooks may go (no SSRF)
     network_health: NetworkHealth  # each network readable or not, from every read's outcome
+    cache: SnapshotCache  # the queries' snapshot cache (in memory or Redis)
     cluster: Coordination  # who leads each follower and delivery; streams on any replica
 
     async def start(self) -> None:
@@ -123,7 +125,8 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         exits.push_async_callback(health.aclose)
         # Every read of the queries and the followers tells the health of its network.
         observed: dict[str, SnapshotSource] = {
-            name: health.observed(name, reader) for name, reader in readers.items()
+            name: health.observed(name, MeasuredSource(name, reader))
+            for name, reader in readers.items()
         }
         queries = BalanceQueries(
             stores.wallets,
@@ -170,6 +173,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         )
         # Stopping what never started is a no-op: every stop is registered here, once.
         for follower in followers.values():
+            follower.adopt_from(initial_reads)  # the streams' initial reads: no second read
             exits.push_async_callback(follower.aclose)
         for subscription in new_heads:
             exits.push_async_callback(subscription.aclose)
@@ -202,6 +206,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             ),
             webhook_destinations=destinations,
             network_health=health,
+            cache=cache,
             cluster=cluster,
         )
 

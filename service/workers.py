@@ -25,14 +25,16 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from service import children
+from service import children, metrics
 from service.errors import CannotListen, StartupError
 from service.settings import Settings
 
@@ -102,12 +104,15 @@ async def supervise(
     async with contextlib.AsyncExitStack() as exits:
         grpc_listen = _hold(exits, settings.listen)
         rest_listen = _hold(exits, settings.rest.listen) if settings.rest is not None else None
+        metrics_dir = await _serve_metrics(exits, settings.metrics_listen)
         # Registered before the first start: a failed or interrupted start stops what started.
         exits.push_async_callback(_stop_all, workers, settings.grace_period_seconds)
         # The first alone (one-time start-up work such as migrations), then the rest together.
         for batch in ([1], range(2, count + 1)):
             started = [
-                await _start(WorkerSpec(i, count, -1, grpc_listen, rest_listen), config)
+                await _start(
+                    WorkerSpec(i, count, -1, grpc_listen, rest_listen), config, metrics_dir
+                )
                 for i in batch
             ]
             workers.extend(started)
@@ -140,14 +145,31 @@ async def supervise(
     raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
 
-async def _start(spec: WorkerSpec, config: Path) -> _Worker:
+async def _serve_metrics(exits: contextlib.AsyncExitStack, listen: str | None) -> Path | None:
+    """With ``[metrics] listen``: the workers' metrics directory (prometheus_client's
+    multiprocess mode), removed after they stop, and its sum served on ``listen``."""
+    if listen is None:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="balances-metrics-"))
+    exits.callback(shutil.rmtree, directory, True)  # registered first: runs last
+    registry = metrics.supervisor_registry(directory)
+    await exits.enter_async_context(metrics.serve_metrics(listen, registry))
+    return directory
+
+
+async def _start(spec: WorkerSpec, config: Path, metrics_dir: Path | None = None) -> _Worker:
     read_end, write_end = os.pipe()
+    # Each worker writes its metrics to the supervisor's directory (read at its first import).
+    env = None
+    if metrics_dir is not None:
+        env = {**os.environ, metrics.MULTIPROC_ENV_VAR: str(metrics_dir)}
     try:
         process = await children.create_subprocess_exec(
             sys.executable, "-m", "service.cli", "serve", "--config", str(config),
             "--worker", replace(spec, ready_fd=write_end).dumps(),
             stdin=asyncio.subprocess.DEVNULL,
             pass_fds=(write_end,),
+            env=env,
         )  # fmt: skip
     except BaseException:
         os.close(read_end)

@@ -2,11 +2,16 @@
 
     python -m scripts.bench.references grpc RESPONSE_FILE   # bare grpc.aio
     python -m scripts.bench.references rest RESPONSE_FILE   # bare aiohttp
+    python -m scripts.bench.references watch MESSAGE_FILE   # bare grpc.aio streams
 
 ``grpc`` answers ``balances.v1.BalancesService/GetWalletBalance`` with the
 bytes in the file (the service's own serialized response) without parsing the
 request; ``rest`` answers ``GET /v1/wallets/{wallet_id}/balance`` with the
-file's JSON.  Each prints ``port N`` once it listens, then serves until SIGTERM.
+file's JSON; ``watch`` answers ``WatchWalletBalance`` with the file's bytes (a
+message the service sent), once when a stream opens and once more on every
+stream each time ``bench.Push/Push`` is called: the fan-out of one prebuilt
+message to every open stream, with nothing else to do.  Each prints ``port N``
+once it listens, then serves until SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,40 @@ async def _bare_grpc(response: bytes, stop: asyncio.Event) -> None:
             grpc.method_handlers_generic_handler(
                 "balances.v1.BalancesService", {"GetWalletBalance": handler}
             )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"port {port}", flush=True)
+    await stop.wait()
+    await server.stop(1)
+
+
+async def _bare_watch(message: bytes, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    pushed: list[asyncio.Future[None]] = [loop.create_future()]
+
+    async def watch(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield message
+        while True:
+            await pushed[0]
+            yield message
+
+    async def push(request: bytes, context: Any) -> bytes:
+        done, pushed[0] = pushed[0], loop.create_future()
+        done.set_result(None)
+        return b""
+
+    server = aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "balances.v1.BalancesService",
+                {"WatchWalletBalance": grpc.unary_stream_rpc_method_handler(watch)},
+            ),
+            grpc.method_handlers_generic_handler(
+                "bench.Push", {"Push": grpc.unary_unary_rpc_method_handler(push)}
+            ),
         ]
     )
     port = server.add_insecure_port("127.0.0.1:0")
@@ -62,10 +102,11 @@ async def _main(kind: str, payload: bytes) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await (_bare_grpc if kind == "grpc" else _bare_rest)(payload, stop)
+    serve = {"grpc": _bare_grpc, "rest": _bare_rest, "watch": _bare_watch}[kind]
+    await serve(payload, stop)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("grpc", "rest"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("grpc", "rest", "watch"):
         sys.exit(__doc__)
     asyncio.run(_main(sys.argv[1], Path(sys.argv[2]).read_bytes()))

@@ -244,6 +244,36 @@ def rows(m: Measurements, captured: Captured, sizes: Sizes) -> list[Row]:
             statistics.median(ratio) <= 3 if ratio else None,
         )
     )
+    bare = _per_round(m, lambda r: r["watch bare push"])
+    n = f"{sizes.watchers:,}"
+    out.append(
+        Row(
+            "watch-bare",
+            f"watch fan-out: service vs bare `grpc.aio` pushing one prebuilt message to {n}"
+            " open streams",
+            _spread(svc, _ms),
+            _with_error(
+                f"bare `grpc.aio`, one of the service's own change messages"
+                f" ({m.watch_message_bytes} bytes) pushed to {n} streams: {_spread(bare, _ms)}",
+                m.errors.get("watch bare push"),
+            ),
+            _spread(_per_round(m, lambda r: r["watch service"] / r["watch bare push"]), _ratio)
+            + _X,
+            "",
+            None,
+        )
+    )
+    out.append(
+        Row(
+            "watch-bound",
+            f"watch bound: the bare push to {n} streams vs the raw read",
+            _spread(bare, _ms),
+            f"raw read of those addresses: {_spread(raw, _ms)}",
+            _spread(_per_round(m, lambda r: r["watch bare push"] / r["watch raw"]), _ratio) + _X,
+            f"(≤ 3{_X} for the service)",
+            None,
+        )
+    )
     out.append(
         Row(
             "subscribe",
@@ -369,9 +399,13 @@ def write_markdown(
         "- Watch: 1,000 `WatchWalletBalance` streams on 4 connections, one per wallet; each"
         " round writes a new USDC balance for every watched address, mines one block, and"
         " times from `anvil_mine`'s answer to the 1,000th message. The raw reference replays"
-        " the follower's own `eth_call`s for such a block. Upstream calls for subscribing are"
-        " counted on the counted server, from the first stream opened until 2.5 s after"
-        " the last first message.",
+        " the follower's own `eth_call`s for such a block. The bare reference"
+        " (`scripts.bench.references watch`) holds as many streams open from the same"
+        " client and, on a unary `bench.Push/Push`, sends each one the service's own change"
+        " message (bytes captured from a warm-up block): timed from the push to the last"
+        " message, it is what gRPC's per-stream sends cost with no other work. Upstream"
+        " calls for subscribing are counted on the counted server, from the first stream"
+        " opened until 2.5 s after the last first message.",
         f"- Subscribing took {captured.subscribe_seconds:.2f} s on the counted server (through"
         " its proxy).",
     ]

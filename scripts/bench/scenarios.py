@@ -80,6 +80,7 @@ class Measurements:
     checks: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # scenario -> first failure
     response_bytes: int = 0
+    watch_message_bytes: int = 0  # the change message the bare watch server pushes
 
 
 def _replayable(item: dict[str, Any]) -> bytes:
@@ -120,6 +121,7 @@ class _Watchers:
         self._count = count
         self.received = 0
         self.last_arrival = 0.0
+        self.last_message = b""
         self._wanted = 0
         self._reached = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -129,15 +131,17 @@ class _Watchers:
             balances_pb2.WatchWalletBalanceRequest(wallet_id=wallet_id).SerializeToString(),
             metadata=_metadata(self._tenant),
         )
-        async for _message in call:
+        async for message in call:
             self.received += 1
             self.last_arrival = time.perf_counter()
+            self.last_message = message
             if self.received >= self._wanted:
                 self._reached.set()
 
-    async def wait_for(self, more: int, timeout: float = 120) -> float:
-        """Wait until ``more`` messages beyond those already counted; when the last came."""
-        self._wanted = self.received + more
+    async def wait_for(self, more: int, timeout: float = 120, since: int | None = None) -> float:
+        """Wait until ``more`` messages beyond those counted (or ``since``, a count taken
+        before they were caused); when the last came."""
+        self._wanted = (self.received if since is None else since) + more
         self._reached.clear()
         if self.received < self._wanted:
             await asyncio.wait_for(self._reached.wait(), timeout)
@@ -152,6 +156,10 @@ class _Watchers:
             self._tasks.append(asyncio.create_task(self._follow(wallet_id, channel)))
         await asyncio.wait_for(self._reached.wait(), 300)
         return time.perf_counter() - started
+
+    def push_call(self) -> aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """The bare watch reference's ``bench.Push/Push`` (bytes in, bytes out)."""
+        return self._channels[0].unary_unary("/bench.Push/Push", None, None)
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -456,13 +464,38 @@ async def timed_phase(
         await asyncio.sleep(2.5)  # the follower has its baseline
         watched = world.big_addresses[: sizes.watchers]
         await _replay(session, urls, captured.watch, m.errors, "watch raw")
+        # The fan-out bound: a bare grpc.aio server pushing one of the service's own change
+        # messages to as many open streams (one warm-up block gives that message).
+        await _change_watched(world, watched, 50)
+        await _mine(session, urls["polygon"])
+        await watchers.wait_for(sizes.watchers, timeout=30)
+        message_file = workdir / "watch-message.bin"
+        await asyncio.to_thread(message_file.write_bytes, watchers.last_message)
+        m.watch_message_bytes = len(watchers.last_message)
+        bare_watch = await start_reference(stack, "watch", message_file)
+        bare_watchers = _Watchers(f"127.0.0.1:{bare_watch.grpc_port}", world.watch, sizes.watchers)
+        stack.push_async_callback(bare_watchers.aclose)
+        await bare_watchers.open()
+        push = bare_watchers.push_call()
+
+        async def bare_push() -> float | None:
+            before = bare_watchers.received  # its messages may all come before push returns
+            started = time.perf_counter()
+            try:
+                await push(b"", timeout=30)
+                last = await bare_watchers.wait_for(sizes.watchers, timeout=30, since=before)
+                return last - started
+            except (TimeoutError, aio.AioRpcError) as error:
+                m.errors.setdefault("watch bare push", f"{type(error).__name__}")
+                return None
+
+        await bare_push()
         for r in range(sizes.repeats):
             raw_first = r % 2 == 1
-            raw = (
-                await _replay(session, urls, captured.watch, m.errors, "watch raw")
-                if raw_first
-                else 0.0
-            )
+            raw, bare = 0.0, None
+            if raw_first:
+                raw = await _replay(session, urls, captured.watch, m.errors, "watch raw")
+                bare = await bare_push()
             await _change_watched(world, watched, r + 1)
             await _mine(session, urls["polygon"])
             mined = time.perf_counter()
@@ -473,8 +506,11 @@ async def timed_phase(
                 break
             if not raw_first:
                 raw = await _replay(session, urls, captured.watch, m.errors, "watch raw")
+                bare = await bare_push()
             m.rounds[r]["watch service"] = last - mined
             m.rounds[r]["watch raw"] = raw
+            m.rounds[r]["watch bare push"] = bare
+        await bare_watchers.aclose()
 
         # Profiles of the paths whose target was missed (decided on the figures above).
         missed = profile_targets(m)

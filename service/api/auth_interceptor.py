@@ -8,8 +8,8 @@ Right after authentication the call is admitted by its key's quotas
 (``service.quotas``): unary calls take a rate-limit token and an in-flight
 place, watch streams a token and a stream place, given back when the call
 ends however it ends.  A call over a limit may wait a moment for room; a
-refusal is ``RESOURCE_EXHAUSTED`` with a ``google.rpc.RetryInfo`` in the
-status details.
+refusal is ``RESOURCE_EXHAUSTED`` with ``google.rpc.ErrorInfo`` (``RATE_LIMITED``)
+and ``google.rpc.RetryInfo`` in the status details.
 
 grpc.aio asks the interceptors for a handler on every call: the guarded handler
 of each method is built once and kept (``HandlerCache``).
@@ -26,12 +26,12 @@ from grpc import aio
 
 from service.api.handler_cache import HandlerCache
 from service.api.handlers import with_unary_behaviour, with_unary_stream_behaviour
-from service.api.retry_info import retry_info_trailer
-from service.api.status import status_for
+from service.api.status import rich_status
 from service.api.tenancy import current_tenant
 from service.auth.authenticator import Authenticator
 from service.errors import RateLimited
 from service.quotas import CallKind, CallQuotas
+from service.request_context import note_tenant
 
 __all__ = ["AuthInterceptor"]
 
@@ -58,6 +58,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         """Authenticate (the tenant is set for the servicers) and ask the key's quotas."""
         tenant, key_id = await self._authenticator.authenticate(_api_key(context))
         current_tenant.set(tenant)
+        note_tenant(tenant)  # for the call's log lines
         return self._quotas.admit(tenant, key_id, kind, time_left=context.time_remaining())
 
     async def intercept_service(
@@ -115,11 +116,7 @@ async def _refuse(context: aio.ServicerContext[Any, Any], refused: RateLimited) 
     Aborting here (not raising to the error interceptor) also keeps refusals out
     of the log: a client in a retry loop must not be able to flood it.
     """
-    code = status_for(refused)
-    message = str(refused)
-    trailers = (
-        *(context.trailing_metadata() or ()),
-        retry_info_trailer(code, message, refused.retry_after),
-    )
-    await context.abort(code, message, trailers)
+    status = rich_status(refused)
+    trailers = (*(context.trailing_metadata() or ()), status.trailer())
+    await context.abort(status.code, status.message, trailers)
     raise AssertionError("abort returned")  # pragma: no cover

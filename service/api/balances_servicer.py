@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from balances.v1 import balances_pb2 as pb
@@ -20,6 +19,7 @@ from service.api.convert import (
 )
 from service.api.tenancy import caller_tenant
 from service.balances import BalanceQueries
+from service.errors import FeatureDisabled
 from service.watch.hub import WalletUpdate, WatchUpdate
 from service.watch.watches import BalanceWatches
 
@@ -97,6 +97,5 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
 
     async def _watching(self, context: aio.ServicerContext[Any, Any]) -> BalanceWatches:
         if self._watches is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "watching is not enabled")
-        assert self._watches is not None
+            raise FeatureDisabled("watch", "watching is not enabled")
         return self._watches

@@ -194,5 +194,6 @@ def datetime_from_timestamp(timestamp: Timestamp, field: str) -> datetime:
         return timestamp.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         raise InvalidArgument(
-            f"{field} is not a valid timestamp (years 0001 to 9999, nanos 0 to 999999999)"
+            f"{field} is not a valid timestamp (years 0001 to 9999, nanos 0 to 999999999)",
+            field=field,
         ) from None

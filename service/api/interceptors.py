@@ -36,8 +36,9 @@ from service.api.handlers import (
     with_unary_behaviour,
     with_unary_stream_behaviour,
 )
-from service.api.status import status_for
+from service.api.status import Reason, rich_status, transport_status
 from service.errors import BalancesError, UndecodableRequest
+from service.request_context import VIA_METADATA, RequestScope, begin_call, end_call
 from service.request_ids import accept_request_id
 
 __all__ = ["ErrorInterceptor", "request_id_of"]
@@ -89,11 +90,13 @@ def _guard(
         behaviour = handler.unary_unary
 
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            request_id = _start(context)
+            request_id, scope = _start(context, method)
             try:
                 return await behaviour(_decoded(request), context)  # type: ignore[arg-type]
             except Exception as exc:
                 await _abort(exc, context, method, request_id)
+            finally:
+                _finish(scope, context)
 
         return with_unary_behaviour(handler, guarded, request_deserializer=deserializer)
     if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
@@ -101,11 +104,13 @@ def _guard(
         writer = handler.unary_stream
 
         async def writer_guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
-            request_id = _start(context)
+            request_id, scope = _start(context, method)
             try:
                 await writer(_decoded(request), context)  # type: ignore[arg-type, misc]
             except Exception as exc:
                 await _abort(exc, context, method, request_id)
+            finally:
+                _finish(scope, context)
 
         return with_unary_stream_behaviour(
             handler, writer_guarded, request_deserializer=deserializer
@@ -116,12 +121,14 @@ def _guard(
         async def stream_guarded(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            request_id = _start(context)
+            request_id, scope = _start(context, method)
             try:
                 async for item in stream(_decoded(request), context):  # type: ignore[arg-type]
                     yield item
             except Exception as exc:
                 await _abort(exc, context, method, request_id)
+            finally:
+                _finish(scope, context)
 
         return with_unary_stream_behaviour(
             handler, stream_guarded, request_deserializer=deserializer
@@ -133,12 +140,14 @@ def _guard(
         async def bidi_guarded(
             requests: AsyncIterable[Any], context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            request_id = _start(context)
+            request_id, scope = _start(context, method)
             try:
                 async for item in bidi(_each_decoded(requests), context):  # type: ignore[arg-type]
                     yield item
             except Exception as exc:
                 await _abort(exc, context, method, request_id)
+            finally:
+                _finish(scope, context)
 
         return with_stream_stream_behaviour(
             handler, bidi_guarded, request_deserializer=deserializer
@@ -177,10 +186,26 @@ async def _each_decoded(requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
         yield _decoded(request)
 
 
-def _start(context: aio.ServicerContext[Any, Any]) -> str:
+def _start(context: aio.ServicerContext[Any, Any], method: str) -> tuple[str, RequestScope]:
     request_id = request_id_of(context)
     context.set_trailing_metadata((("x-request-id", request_id),))
-    return request_id
+    via = "grpc"
+    for key, value in context.invocation_metadata() or ():
+        if key == VIA_METADATA and value == "rest":
+            via = "rest"  # the REST shim's call over a channel (its own line says so)
+    return request_id, begin_call(request_id, method, via)
+
+
+def _finish(scope: RequestScope, context: aio.ServicerContext[Any, Any]) -> None:
+    """The call's access line (``service.request_context``), with the code it ended with."""
+    code = context.code()
+    if code is None:
+        name = "CANCELLED" if context.cancelled() else "OK"
+    elif isinstance(code, grpc.StatusCode):
+        name = code.name
+    else:  # grpc.aio's context may hold the code as its number
+        name = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+    end_call(scope, name)
 
 
 async def _abort(
@@ -197,19 +222,26 @@ async def _abort(
         remaining = context.time_remaining()
         # Reads stop at the caller's deadline, a hair before grpc notices it: within this
         # margin the deadline is what ended the read.
-        code = status_for(exc, deadline_passed=remaining is not None and remaining <= 0.05)
-        await context.abort(code, str(exc), (("x-request-id", request_id),))
+        status = rich_status(exc, deadline_passed=remaining is not None and remaining <= 0.05)
+        await context.abort(
+            status.code, status.message, (("x-request-id", request_id), status.trailer())
+        )
     if isinstance(exc, NotImplementedError) and context.code() == grpc.StatusCode.UNIMPLEMENTED:
         # A generated servicer base's method nobody overrode (health's List, say): it
         # sets UNIMPLEMENTED, then raises.  Not a bug of ours, and not INTERNAL; as health
         # needs no key, DEBUG.
         log.debug("%s [%s] is not implemented", method, request_id)
+        status = transport_status(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
         await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "method not implemented", (("x-request-id", request_id),)
+            status.code, status.message, (("x-request-id", request_id), status.trailer())
         )
     log.exception("%s [%s] failed unexpectedly", method, request_id, exc_info=exc)
-    await context.abort(
+    status = transport_status(
         grpc.StatusCode.INTERNAL,
         f"internal error (request id {request_id})",
-        (("x-request-id", request_id),),
+        reason=Reason.INTERNAL,
+        metadata={"requestId": request_id},
+    )
+    await context.abort(
+        status.code, status.message, (("x-request-id", request_id), status.trailer())
     )

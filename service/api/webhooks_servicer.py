@@ -44,7 +44,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServiceServicer):
         self, request: pb.ReplayWebhookEventsRequest, context: Context
     ) -> pb.ReplayWebhookEventsResponse:
         if not request.HasField("since"):
-            raise InvalidArgument("since is required (e.g. 2024-01-15T10:30:00Z)")
+            raise InvalidArgument("since is required (e.g. 2024-01-15T10:30:00Z)", field="since")
         since = datetime_from_timestamp(request.since, "since")
         count = await self._management.replay(caller_tenant(), since)
         return pb.ReplayWebhookEventsResponse(requeued_count=min(count, 2**31 - 1))

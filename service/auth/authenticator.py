@@ -31,7 +31,7 @@ class Authenticator:
         found = await self._store.key_by_id(key_id) if key_id else None
         if found is None or key_id is None:
             keys_match(presented or "", _DECOY_DIGEST)
-            raise Unauthenticated()
+            raise Unauthenticated(missing=presented is None)
         record, digest = found
         if not keys_match(presented or "", digest) or record.revoked_at is not None:
             raise Unauthenticated()

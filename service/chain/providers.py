@@ -58,8 +58,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from service import metrics
 from service.errors import ChainUnavailable
 from service.redact import redact_url
+from service.tracing import upstream_span
 
 __all__ = ["Endpoint", "HexData", "ProviderFault", "ProviderPolicy", "ProviderPool", "RpcError"]
 
@@ -188,7 +190,11 @@ class Endpoint:
     async def request(self, method: str, params: list[Any]) -> Any:
         """The ``result`` of one call.  Raises ProviderFault or RpcError."""
         body = {"jsonrpc": "2.0", "id": next(self._pool.ids), "method": method, "params": params}
-        return _result(await self._post(body), method)
+        with (
+            upstream_span(self._pool.network, method, self._provider.index + 1),
+            self._pool.measured(self._provider.index, method),
+        ):
+            return _result(await self._post(body), method)
 
     async def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
         """Results of a JSON-RPC batch in request order; an answered error is an ``RpcError``
@@ -202,7 +208,13 @@ class Endpoint:
         ]
         for _ in calls[1:]:
             next(self._pool.ids)
-        answers = await self._post(body)
+        methods = {method for method, _params in calls}
+        label = methods.pop() if len(methods) == 1 else "mixed"
+        with (
+            upstream_span(self._pool.network, label, self._provider.index + 1, len(calls)),
+            self._pool.measured(self._provider.index, "batch"),
+        ):
+            answers = await self._post(body)
         if not isinstance(answers, list):
             _result(answers, "batch")  # an error object may answer a rejected batch
             raise ProviderFault("batch answer is not a list")
@@ -261,6 +273,32 @@ class ProviderPool:
         self.hedges = 0  # operations also sent to a second provider because the first was slow
         self.disagreements = 0  # cross-checks that found providers disagreeing on a block
         self.wrong_chain: dict[int, int] = {}  # provider position -> the chain id it serves
+        self._series: dict[tuple[int, str], _Series] = {}  # (position, method): metrics
+
+    def measured(self, position: int, method: str) -> _Measured:
+        """Times one JSON-RPC request (or batch) to a provider and counts its outcome."""
+        series = self._series.get((position, method))
+        if series is None:  # bounded: the methods are the code's, never a caller's
+            series = self._series[position, method] = _Series(self.network, position, method)
+        return _Measured(series)
+
+    @property
+    def best_head(self) -> int | None:
+        """The highest head any provider reported."""
+        return self._best_head
+
+    def provider_states(self) -> list[tuple[int, bool, int | None]]:
+        """Each provider's position, whether it rests now (after faults, or never to be
+        used: another chain), and how many blocks it is behind the best head seen."""
+        now, best = self._clock(), self._best_head
+        return [
+            (
+                p.index,
+                p.index in self.wrong_chain or (p.faults > 0 and now < p.resting_until),
+                None if p.head is None or best is None else best - p.head,
+            )
+            for p in self._providers
+        ]
 
     async def request(self, method: str, params: list[Any], *, timeout: float) -> Any:
         """One JSON-RPC call on the best provider.  Raises ChainUnavailable or RpcError."""
@@ -532,6 +570,48 @@ class ProviderPool:
             fault.reason,
             rest,
         )
+
+
+_OUTCOMES = ("ok", "error", "fault", "cancelled")
+
+
+class _Series:
+    """One provider and JSON-RPC method's pre-bound metrics (``service.metrics``)."""
+
+    __slots__ = ("outcomes", "seconds")
+
+    def __init__(self, network: str, position: int, method: str) -> None:
+        provider = str(position + 1)  # its place in rpc_urls: never the URL
+        self.seconds = metrics.UPSTREAM_SECONDS.labels(network, provider, method)
+        self.outcomes = {
+            outcome: metrics.UPSTREAM_REQUESTS.labels(network, provider, method, outcome)
+            for outcome in _OUTCOMES
+        }
+
+
+class _Measured:
+    """``with``: the request's time, and its outcome from how the block ended."""
+
+    __slots__ = ("_series", "_started")
+
+    def __init__(self, series: _Series) -> None:
+        self._series = series
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            outcome = "ok"
+        elif issubclass(kind, RpcError):
+            outcome = "error"  # the node answered: a revert, bad params
+        elif issubclass(kind, asyncio.CancelledError):
+            outcome = "cancelled"  # its attempt timed out, or another provider answered
+        else:
+            outcome = "fault"
+        self._series.outcomes[outcome].inc()
+        self._series.seconds.observe(time.perf_counter() - self._started)
 
 
 def _encoded(body: Any) -> bytes:

@@ -233,10 +233,23 @@ class _Builder:
             },
             "default": {
                 "description": "An unexpected error response.",
-                "content": {_JSON: {"schema": _ref(ERROR_SCHEMA)}},
+                "content": {_JSON: {"schema": self._error_schema(route)}},
             },
         }
         return operation
+
+    @staticmethod
+    def _error_schema(route: Route) -> dict[str, Any]:
+        if not route.server_streaming:
+            return _ref(ERROR_SCHEMA)
+        # A stream that fails before its first message is still a stream, as grpc-gateway
+        # sends it: the status's HTTP code, and one {"error": ...} line.
+        return {
+            "type": "object",
+            "title": "Stream error",
+            "required": ["error"],
+            "properties": {"error": _ref(ERROR_SCHEMA)},
+        }
 
     def _response_schema(self, route: Route) -> dict[str, Any]:
         response = route.method.output_type

@@ -52,6 +52,14 @@ class Route:
         return bool(self.method.server_streaming)
 
     @cached_property
+    def reads_query(self) -> bool:
+        """grpc-gateway's HasQueryParam: a field neither the body nor a path variable fills."""
+        if self.body == "*":
+            return False
+        fields = set(self.method.input_type.fields_by_name) - {self.body}
+        return bool(fields - {variable.name for variable in self.template.variables})
+
+    @cached_property
     def specificity(self) -> int:
         """More literal segments, then a verb, win when several templates match a path."""
         literals = sum(1 for segment in self.template.segments if isinstance(segment, str))
@@ -69,6 +77,7 @@ class MethodNotAllowed:
     """The path exists, but not for this HTTP method."""
 
     allowed: tuple[str, ...]  # sorted, never empty
+    get: RouteMatch | None = None  # the GET route's match: a form POST falls back to it
 
 
 def routes_of(services: Iterable[ServiceDescriptor]) -> list[Route]:
@@ -97,7 +106,13 @@ def _route(rule: http_pb2.HttpRule, method: MethodDescriptor) -> Route:
 
 
 class RouteTable:
-    """Finds the route for a method and path; tells 404 (no path) from 405 (wrong method)."""
+    """Finds the route for a method and path; tells 404 (no path) from 405 (wrong method).
+
+    As grpc-gateway's ServeMux: the request's own method's routes are tried first,
+    and only when none matches do other methods' routes count (405).  So a GET of
+    "/customers/c/wallets/import" is GetWallet of a wallet called "import", while a
+    POST there is ImportWallet.
+    """
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = tuple(routes)
@@ -108,9 +123,8 @@ class RouteTable:
     def find(self, http_method: str, path: str) -> RouteMatch | MethodNotAllowed | None:
         """The match; the methods allowed when the path exists for others; None: no such path.
 
-        When several templates match a path, only the most specific ones (most
-        literal segments) count: "/customers/c/wallets/import" is the import
-        route's path, not a wallet called "import".
+        ``path`` is percent-decoded.  When several templates of one method match a
+        path, the most specific (most literal segments, then a verb) wins.
         """
         matches: list[tuple[Route, dict[str, str]]] = []
         for route in self._match_order:
@@ -119,11 +133,19 @@ class RouteTable:
                 matches.append((route, variables))
         if not matches:
             return None
-        if len(matches) == 1 and matches[0][0].http_method == http_method:
-            return RouteMatch(*matches[0])  # the usual case
+        own = [(route, v) for route, v in matches if route.http_method == http_method]
+        if own:
+            best = max(route.specificity for route, _ in own)
+            route, variables = next((r, v) for r, v in own if r.specificity == best)
+            return RouteMatch(route, variables)
+        gets = [(route, v) for route, v in matches if route.http_method == "GET"]
+        get = None
+        if gets:
+            best = max(route.specificity for route, _ in gets)
+            get = RouteMatch(*next((r, v) for r, v in gets if r.specificity == best))
+        # Allow: the methods of the path's most specific template, as /openapi.json lists
+        # them (a GET of .../wallets/import is served, by .../wallets/{wallet_id}, but
+        # that path is documented as the import route's).
         best = max(route.specificity for route, _ in matches)
-        matches = [(route, v) for route, v in matches if route.specificity == best]
-        for route, variables in matches:
-            if route.http_method == http_method:
-                return RouteMatch(route, variables)
-        return MethodNotAllowed(tuple(sorted({route.http_method for route, _ in matches})))
+        allowed = {route.http_method for route, _ in matches if route.specificity == best}
+        return MethodNotAllowed(tuple(sorted(allowed)), get)

@@ -9,9 +9,10 @@ Grammar (from google/api/http.proto)::
     FieldPath = IDENT { "." IDENT } ;
     Verb     = ":" LITERAL ;
 
-``{name}`` is ``{name=*}``: one path segment.  Matching works on the raw path
-split at "/", so an encoded slash (%2F) stays inside its segment; values are
-percent-decoded after matching.
+``{name}`` is ``{name=*}``: one path segment.  Matching works on the path
+already percent-decoded, as grpc-gateway v2's default (``UnescapingModeLegacy``)
+does: an encoded slash (%2F) separates segments like "/", and an encoded
+literal or verb (``wall%65ts``, ``%3Awatch``) matches its decoded self.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from urllib.parse import unquote
 
 from service.errors import TemplateError
 
@@ -70,7 +70,7 @@ class PathTemplate:
         return tuple(s for s in self.segments if isinstance(s, Variable))
 
     def match(self, path: str) -> dict[str, str] | None:
-        """Field path -> decoded value when ``path`` matches, else None."""
+        """Field path -> value when the (percent-decoded) ``path`` matches, else None."""
         if not path.startswith("/"):
             return None
         body = path[1:]
@@ -97,7 +97,7 @@ class PathTemplate:
                     return None
                 if var is not None:
                     captured.setdefault(var, []).append(part)
-        return {var.name: unquote("/".join(values)) for var, values in captured.items()}
+        return {var.name: "/".join(values) for var, values in captured.items()}
 
     @cached_property
     def _flat(self) -> list[tuple[str, Variable | None]]:

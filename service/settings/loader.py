@@ -17,14 +17,17 @@ from typing import Any, Final, TypeVar
 
 from service.errors import ConfigError
 from service.gateway.limits import RestLimits
+from service.settings.environment import EnvText, environment_value, name_variable, overlay
 from service.settings.model import (
     LimitsSettings,
+    LoggingSettings,
     NetworkSettings,
     PriceSettings,
     RestSettings,
     Settings,
     TenantLimitsSettings,
     TokenSettings,
+    TracingSettings,
     WatchSettings,
     WebhookSettings,
 )
@@ -93,6 +96,12 @@ _QUOTA_KEYS = {
     **_keys("requests_per_second"),
     **_keys("burst", "max_in_flight", "max_streams", kind=int),
 }
+_TRACING_KEYS = {
+    "enabled": _Key("enabled", bool),
+    **_keys("otlp_endpoint", "service_name", kind=str),
+    **_keys("sample_ratio"),
+}
+_LOGGING_KEYS = {**_keys("format", kind=str), **_keys("access_log", kind=bool)}
 _WEBHOOK_KEYS = {
     **_keys("allow_http_hosts", "retry_schedule_seconds", kind=list),
     **_keys("timeout_seconds"),
@@ -108,6 +117,7 @@ _SETTINGS_KEYS: dict[str, dict[str, _Key]] = {
     "directory": {"path": _Key("directory_path", _PATH), "url": _Key("directory_url", _ANY)},
     "chain": _keys("rpc_timeout_seconds"),
     "cluster": {"lease_seconds": _Key("cluster_lease_seconds", _ANY)},
+    "metrics": {"listen": _Key("metrics_listen", str)},
     "pricing": {
         "base_currency": _Key("base_currency", str),
         "minor_unit_digits": _Key("minor_unit_digits", int),
@@ -123,7 +133,8 @@ _SETTINGS_TOML_KEY = {
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate a TOML file.  Relative paths inside it are relative to the file.
 
-    ``environ`` (the CLI passes ``os.environ``) supplies the secrets a TOML file may not
+    ``environ`` (the CLI passes ``os.environ``) may set any key (``BALANCES_SERVER__LISTEN``,
+    see ``service.settings.environment``) and supplies the secrets a TOML file may not
     hold: ``BALANCES_DIRECTORY__PASSWORD``, ``BALANCES_CACHE__REDIS_PASSWORD``.
     """
     try:
@@ -140,9 +151,24 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
 def parse_settings(
     raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Validate an already-parsed TOML document (secrets from ``environ``, see load_settings)."""
+    """Validate an already-parsed TOML document, with ``environ``'s ``BALANCES_<SECTION>__<KEY>``
+    variables over its keys (``service.settings.environment``) and its secrets (load_settings).
+    """
+    reserved = (DIRECTORY_PASSWORD_ENV_VAR, REDIS_PASSWORD_ENV_VAR)  # read below, not keys
+    doc, origins = overlay(raw, environ or {}, reserved)
+    try:
+        return _parse_document(doc, base_dir, environ or {})
+    except ConfigError as exc:
+        named = name_variable(exc, origins)
+        if named is exc:
+            raise
+        raise named from exc
+
+
+def _parse_document(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str]) -> Settings:
     doc = _Table(raw, "", base_dir)
-    tables = {name: doc.table(name) for name in (*_SETTINGS_KEYS, "watch", "webhooks", "limits")}
+    sections = (*_SETTINGS_KEYS, "watch", "webhooks", "limits", "tracing", "logging")
+    tables = {name: doc.table(name) for name in sections}
     rest = _rest(doc.table("rest")) if "rest" in raw else None
     networks = doc.tables("networks", "a list of [[networks]] tables")
     doc.reject_unknown()
@@ -161,6 +187,8 @@ def parse_settings(
     kwargs["watch"] = _build(WatchSettings, tables["watch"], _keys("poll_interval_seconds"))
     kwargs["webhooks"] = _build(WebhookSettings, tables["webhooks"], _WEBHOOK_KEYS)
     kwargs["limits"] = _limits(tables["limits"])
+    kwargs["logging"] = _build(LoggingSettings, tables["logging"], _LOGGING_KEYS)
+    kwargs["tracing"] = _build(TracingSettings, tables["tracing"], _TRACING_KEYS)
     kwargs["rest"] = rest
     for table in tables.values():
         table.reject_unknown()
@@ -303,6 +331,9 @@ class _Table:
         if name not in self.raw:
             return _ABSENT
         value = self.raw[name]
+        from_env = isinstance(value, EnvText)  # a BALANCES_* variable's text (environment.py)
+        if from_env:
+            value = environment_value(value, as_text=kind in (str, _PATH, _PEM_PATH))
         if kind == _ANY:
             return value
         expected = str if isinstance(kind, str) else kind
@@ -312,7 +343,7 @@ class _Table:
         if kind == _PEM_PATH and not value:
             raise ConfigError(self.key(name), f"must be {_PEM}")
         if kind in (_PATH, _PEM_PATH):
-            return self.base_dir / str(value)
+            return Path(str(value)) if from_env else self.base_dir / str(value)
         return tuple(value) if isinstance(value, list) else value
 
     def fields(self, cls: type, keys: Mapping[str, _Key]) -> dict[str, Any]:

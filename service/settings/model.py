@@ -32,6 +32,7 @@ from service.domain import (
 )
 from service.errors import ConfigError, InvalidArgument
 from service.gateway.limits import RestLimits
+from service.logs import LOG_FORMATS
 from service.quotas import Quota, QuotaPolicy
 from service.settings.tls import TlsSettings
 from service.webhooks.destinations import parse_dev_receiver
@@ -41,12 +42,14 @@ __all__ = [
     "CANONICAL_MULTICALL3",
     "BlockTag",
     "LimitsSettings",
+    "LoggingSettings",
     "NetworkSettings",
     "PriceSettings",
     "RestSettings",
     "Settings",
     "TenantLimitsSettings",
     "TokenSettings",
+    "TracingSettings",
     "WatchSettings",
     "WebhookSettings",
 ]
@@ -139,7 +142,7 @@ class NetworkSettings:
     confirmations: int = 0
     block_tag: BlockTag = "latest"
     multicall3: str = CANONICAL_MULTICALL3
-    max_calls_per_batch: int = 500
+    max_calls_per_batch: int = 1000  # 224 KiB of calldata, ~6.2M gas (service.chain.multicall)
     ws_url: str | None = None  # when set, the block follower subscribes to newHeads
     # Providers (service.chain.providers): hedging, rest after faults, lag.
     hedge_floor_seconds: float = 0.2
@@ -223,6 +226,50 @@ class RestSettings:
 
     def __post_init__(self) -> None:
         check_listen("listen", self.listen)
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces exported over OTLP/HTTP (the ``[tracing]`` table; off by default)."""
+
+    enabled: bool = False
+    # The collector's traces URL, e.g. "http://127.0.0.1:4318/v1/traces"; needed when enabled.
+    otlp_endpoint: str | None = None
+    service_name: str = "balances"
+    sample_ratio: float = 1.0  # of the traces that start here; a caller's sampled flag wins
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("enabled", "must be true or false")
+        if self.otlp_endpoint is not None:
+            _check_url("otlp_endpoint", self.otlp_endpoint)
+            if urlsplit(self.otlp_endpoint).username is not None:
+                raise ConfigError("otlp_endpoint", "must not contain credentials")
+        elif self.enabled:
+            raise ConfigError(
+                "otlp_endpoint", "is needed when enabled = true (the collector's traces URL)"
+            )
+        name = self.service_name
+        if not isinstance(name, str) or not 0 < len(name) <= 128 or not name.isprintable():
+            raise ConfigError("service_name", "must be 1-128 printable characters")
+        ratio = self.sample_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            raise ConfigError("sample_ratio", "must be a number from 0 to 1")
+        normalise(self, "sample_ratio", float(ratio))
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log lines on stderr (the ``[logging]`` table; ``serve --log-format`` wins over it)."""
+
+    format: str = "text"  # or "json": one JSON object per line (service/logs.py)
+    access_log: bool = False  # one INFO line per finished request (service/request_context.py)
+
+    def __post_init__(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ConfigError("format", f"must be one of {', '.join(LOG_FORMATS)}")
+        if not isinstance(self.access_log, bool):
+            raise ConfigError("access_log", "must be true or false")
 
 
 @dataclass(frozen=True)
@@ -380,6 +427,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     tls: TlsSettings | None = None  # gRPC over TLS (mTLS with client_ca_file)
     rest: RestSettings | None = None  # None: gRPC only
+    metrics_listen: str | None = None  # [metrics] listen: GET /metrics there; None: off
     grace_period_seconds: float = 10.0
     cache_ttl_seconds: float = 30.0
     cache_max_entries: int = 100_000  # snapshots held in memory, least recently used dropped
@@ -403,9 +451,13 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def __post_init__(self) -> None:
         check_listen("listen", self.listen)
+        if self.metrics_listen is not None:
+            check_listen("metrics_listen", self.metrics_listen)
         for name in ("grace_period_seconds", "cache_ttl_seconds", "rpc_timeout_seconds"):
             normalise(self, name, positive_seconds(name, getattr(self, name)))
         lease = positive_seconds("cluster_lease_seconds", self.cluster_lease_seconds)
@@ -425,13 +477,14 @@ class Settings:
             if name in names[:i]:
                 raise ConfigError(f"networks[{i}].name", f"duplicate network name {name!r}")
         # A development receiver must never be this service (bound ports: destinations.py).
-        listens = (self.listen, self.rest.listen if self.rest else "")
+        listens = (self.listen, self.rest.listen if self.rest else "", self.metrics_listen or "")
         own = {int(listen.rpartition(":")[2]) for listen in listens if listen} - {0}
         for i, entry in enumerate(self.webhooks.allow_http_hosts):
             if parse_dev_receiver(entry)[1] in own:
                 raise ConfigError(
                     f"webhooks.allow_http_hosts[{i}]",
-                    "must not name one of the service's own ports (listen, rest.listen)",
+                    "must not name one of the service's own ports"
+                    " (listen, rest.listen, metrics.listen)",
                 )
 
     def network(self, name: str) -> NetworkSettings:

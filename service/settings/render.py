@@ -76,6 +76,7 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
     )
     lines += _table("watch", {"poll_interval_seconds": settings.watch.poll_interval_seconds})
     lines += _table("cluster", {"lease_seconds": settings.cluster_lease_seconds})
+    lines += _table("metrics", {"listen": settings.metrics_listen})
     webhooks = settings.webhooks
     lines += _table(
         "webhooks",
@@ -86,6 +87,20 @@ def render_settings(settings: Settings, *, comment: str = "") -> str:
         },
     )
     lines += _limits(settings.limits)
+    lines += _table(
+        "logging",
+        {"format": settings.logging.format, "access_log": settings.logging.access_log},
+    )
+    tracing = settings.tracing
+    lines += _table(
+        "tracing",
+        {
+            "enabled": tracing.enabled,
+            "otlp_endpoint": tracing.otlp_endpoint,
+            "service_name": tracing.service_name,
+            "sample_ratio": tracing.sample_ratio,
+        },
+    )
     for network in settings.networks:
         lines += _network(network)
     return "\n".join(lines)

@@ -15,6 +15,11 @@ listeners are told, so a watch started from a stale cache learns the truth).
   parentHash differs, or the same height with another hash, is logged as a
   reorg; changes are still computed against the last emitted state.
 - Nobody watching: no upstream call at all (the next watched read is a baseline).
+- Adopted baselines (``adopt_from``, the watch streams' initial reads): an
+  address not followed yet that a stream's initial read read at the very block
+  to process (same number and timestamp) is taken from that read, not read
+  again.  The hub names a stream's addresses only once it has its initial state,
+  so subscribing N streams reads their addresses once, not twice.
 - Restarts: with a ``FollowerStateStore`` the last read is saved after every
   processed block and restored at start, so the first block after a restart
   is compared with it and the net change of the downtime is emitted once.
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from service.background import BackgroundLoop
 from service.domain import BalanceChange, BlockRef, FollowerState, ReadDepth, Snapshot, Token
@@ -51,6 +56,14 @@ from service.watch.diff import compare
 __all__ = ["BlockFollower"]
 
 log = logging.getLogger(__name__)
+
+
+class FreshReads(Protocol):
+    """Fresh reads made for others (``InitialReads``) that the follower may adopt."""
+
+    def read_at(self, network: str, block_number: int) -> Snapshot | None:
+        """Balances read at ``block_number`` (no prices), or None."""
+        ...
 
 
 def _in_flight_key(network: str) -> str:
@@ -82,6 +95,7 @@ class BlockFollower:
         self._listeners: list[ChangeListener] = []
         self._baseline_listeners: list[BaselineListener] = []
         self._sources: list[WatchedSource] = []
+        self._fresh_reads: FreshReads | None = None
         self._state: dict[str, dict[str, int]] = {}
         self._last: BlockRef | None = None
         # A block whose changes some listener may have acted on but that was not
@@ -90,6 +104,8 @@ class BlockFollower:
         self._failing = False
         self._loop = BackgroundLoop(f"follower-{network}", self._loop_step, poll_interval)
         self.snapshots_read = 0  # for tests and metrics
+        self.blocks_processed = 0  # blocks committed, and the changes found in them (metrics)
+        self.changes_found = 0
 
     # --- wiring -------------------------------------------------------------------------
 
@@ -103,6 +119,10 @@ class BlockFollower:
     def add_source(self, source: WatchedSource) -> None:
         """Its ``watched_addresses`` are asked at every new block; the union is read."""
         self._sources.append(source)
+
+    def adopt_from(self, reads: FreshReads) -> None:
+        """Take addresses not followed yet from ``reads`` when read at the block processed."""
+        self._fresh_reads = reads
 
     @property
     def last_block(self) -> BlockRef | None:
@@ -204,19 +224,30 @@ class BlockFollower:
         block = self._in_flight or await self._target()
         if block is None:
             return None
-        try:
-            snapshot = await self._chain.snapshot(
-                sorted(addresses),
-                with_prices=False,
-                timeout=self._read_timeout,
-                block_number=block.number,
-            )
-        except Exception:
-            self._in_flight = None  # e.g. pruned by now: read the newest block next time
-            raise
-        self.snapshots_read += 1
-        if snapshot.block_number != block.number:  # cannot happen with a pinned read
-            raise RuntimeError(f"asked for block {block.number}, read {snapshot.block_number}")
+        adopted: dict[str, dict[str, int]] = {}
+        if self._fresh_reads is not None:
+            done = self._fresh_reads.read_at(self.network, block.number)
+            if done is not None and done.block_timestamp == block.timestamp:
+                got, state = done.balances, self._state
+                adopted = {a: got[a] for a in addresses if a in got and a not in state}
+        if len(adopted) == len(addresses):  # nothing left to read: no upstream call
+            snapshot = Snapshot(self.network, block.number, block.timestamp, adopted, {})
+        else:
+            try:
+                snapshot = await self._chain.snapshot(
+                    sorted(addresses - adopted.keys() if adopted else addresses),
+                    with_prices=False,
+                    timeout=self._read_timeout,
+                    block_number=block.number,
+                )
+            except Exception:
+                self._in_flight = None  # e.g. pruned by now: read the newest block next time
+                raise
+            self.snapshots_read += 1
+            if snapshot.block_number != block.number:  # cannot happen with a pinned read
+                raise RuntimeError(f"asked for block {block.number}, read {snapshot.block_number}")
+            if adopted:
+                snapshot.balances.update(adopted)
         block = BlockRef(block.network, block.number, block.hash, snapshot.block_timestamp)
         changes, fresh = compare(self._state, snapshot, self._decimals)
         if changes and self._store is not None and self._in_flight is None:
@@ -234,6 +265,8 @@ class BlockFollower:
             # restart, and the listeners are idempotent for it.
             await self._store.save_follower_state(FollowerState(block, state))
         self._state = state
+        self.blocks_processed += 1
+        self.changes_found += len(changes)
         self._last = block
         self._in_flight = None
         return block

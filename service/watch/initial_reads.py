@@ -41,6 +41,13 @@ that is safe because:
 
 A stream whose tenant has the read cached is answered from that cache first
 (``BalanceQueries``), as any query of that tenant is.
+
+The block follower of the network adopts these reads as its baseline
+(``BlockFollower.adopt_from``): the streams' addresses were just read at the
+block it is about to read, so it takes them from the newest block's batches
+(``read_at``) instead of reading them again.  An address whose batch is still
+being read is not the follower's yet: the hub names a stream's addresses once
+it has its first message.  Only raw amounts at a block pass to it, never a tenant.
 """
 
 from __future__ import annotations
@@ -94,6 +101,8 @@ class InitialReads:
         # The last ``crowd`` join times of each network: a storm when they span < max_wait.
         self._joins: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=crowd))
         self._reading: dict[str, set[asyncio.Task[None]]] = {}  # by network
+        # The newest block's batches read, merged, per network: the follower's baseline.
+        self._newest: dict[str, Snapshot] = {}
         self._closed = False
         self.reads = 0  # batches read (for tests and metrics)
 
@@ -123,6 +132,7 @@ class InitialReads:
     async def aclose(self) -> None:
         """Fail the open batches, stop the reads under way; later reads fail at once."""
         self._closed = True
+        self._newest.clear()
         for network, batch in list(self._open.items()):
             del self._open[network]
             if batch.timer is not None:
@@ -132,6 +142,28 @@ class InitialReads:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def read_at(self, network: str, block_number: int) -> Snapshot | None:
+        """The balances (no prices) the batches read at ``block_number``, if it is the
+        newest block they were read at; None otherwise."""
+        newest = self._newest.get(network)
+        return newest if newest is not None and newest.block_number == block_number else None
+
+    def _keep(self, snapshot: Snapshot) -> None:
+        """Merge a batch read into its network's newest block's (an older block: dropped)."""
+        newest = self._newest.get(snapshot.network)
+        if newest is not None and newest.block_number > snapshot.block_number:
+            return
+        if newest is None or (newest.block_number, newest.block_timestamp) != (
+            snapshot.block_number,
+            snapshot.block_timestamp,  # the same number, another time: a reorg's block
+        ):
+            balances = dict(snapshot.balances)
+            self._newest[snapshot.network] = Snapshot(
+                snapshot.network, snapshot.block_number, snapshot.block_timestamp, balances, {}
+            )
+        else:
+            newest.balances.update(snapshot.balances)
 
     def _due(self, network: str, batch: _Batch) -> None:
         """The batch's timer: read it now, or look again when it is due.  While the network
@@ -184,6 +216,7 @@ class InitialReads:
         except Exception as exc:  # every member gets it: ChainUnavailable is theirs to map
             batch.result.set_exception(exc)
         else:
+            self._keep(snapshot)
             batch.result.set_result(snapshot)
 
 

@@ -90,6 +90,8 @@ class WebhookDelivery:
         self._loop = BackgroundLoop("webhook-delivery", self._step, poll_interval_seconds)
         self._renewals = BackgroundLoop("webhook-claims", self._renew, self._lease / 3)
         self._started = False
+        # Sends tried (delivered, failed) and events given up (dead); service.metrics_sampler.
+        self.delivered = self.failed = self.dead = 0
 
     def wake(self) -> None:
         """New events are in the outbox (or one finished): look again now."""
@@ -195,7 +197,9 @@ class WebhookDelivery:
                 _claim_lost(event)
                 return
             log.info("webhook event %s of tenant %s delivered (attempt %d)", *_who(event), attempt)
+            self.delivered += 1
             return
+        self.failed += 1
         schedule = self._policy.retry_schedule_seconds
         if attempt > len(schedule):
             if not await self._store.mark_webhook_failed(
@@ -203,6 +207,7 @@ class WebhookDelivery:
             ):
                 _claim_lost(event)
                 return
+            self.dead += 1
             log.warning(
                 "webhook event %s of tenant %s failed after %d attempts: %s",
                 *_who(event),

@@ -241,7 +241,8 @@ class WebhookDestinations:
         if target.scheme != "https":
             raise InvalidArgument(
                 "url must use https: plain http is allowed only to the configured "
-                "development receivers"
+                "development receivers",
+                field="url",
             )
         return Destination(target, dev_receiver=False, address=_public_host(target.host))
 
@@ -253,7 +254,7 @@ class WebhookDestinations:
             try:
                 await self.addresses(target.host, target.port)
             except (OSError, TimeoutError):  # its text may name internal servers
-                raise InvalidArgument("url host could not be resolved") from None
+                raise InvalidArgument("url host could not be resolved", field="url") from None
         return destination
 
     async def addresses(self, host: str, port: int) -> list[str]:
@@ -274,14 +275,16 @@ class WebhookDestinations:
             except ValueError:
                 kind = "unrecognised"
             if kind is not None:
-                raise InvalidArgument(_refusal("resolves to", kind))
+                raise InvalidArgument(_refusal("resolves to", kind), field="url")
         return found
 
     def _is_dev_receiver(self, host: str, port: int) -> bool:
         if (host, port) not in self._dev_receivers:
             return False
         if port in self._own_ports:
-            raise InvalidArgument("url must not point at one of the service's own ports")
+            raise InvalidArgument(
+                "url must not point at one of the service's own ports", field="url"
+            )
         return True
 
     async def _lookup(self, host: str, port: int) -> list[str]:
@@ -299,27 +302,27 @@ def _public_host(host: str) -> IPv4Address | IPv6Address | None:
         try:
             v6 = IPv6Address(host)
         except ValueError:
-            raise InvalidArgument(NOT_CANONICAL) from None
+            raise InvalidArgument(NOT_CANONICAL, field="url") from None
         if kind := address_kind(v6):
-            raise InvalidArgument(_refusal("is", kind))
+            raise InvalidArgument(_refusal("is", kind), field="url")
         # Mapped forms print differently across Python versions: always refused.
         if v6.scope_id or v6.ipv4_mapped is not None or v6.compressed != host:
-            raise InvalidArgument(NOT_CANONICAL)
+            raise InvalidArgument(NOT_CANONICAL, field="url")
         return v6
     labels = host.split(".")
     if _NUMERIC_LABEL.fullmatch(labels[-1]):  # URL parsers would read an IPv4 address
         v4 = _canonical_v4(host)
         if v4 is None:
-            raise InvalidArgument(NOT_CANONICAL)
+            raise InvalidArgument(NOT_CANONICAL, field="url")
         if kind := address_kind(v4):
-            raise InvalidArgument(_refusal("is", kind))
+            raise InvalidArgument(_refusal("is", kind), field="url")
         return v4
     if len(host) > 253 or not all(_canonical_label(label) for label in labels):
-        raise InvalidArgument(NOT_CANONICAL)
+        raise InvalidArgument(NOT_CANONICAL, field="url")
     if any(host == d or host.endswith("." + d) for d in INTERNAL_DOMAINS):
-        raise InvalidArgument("url host is an internal name")
+        raise InvalidArgument("url host is an internal name", field="url")
     if len(labels) < 2:  # resolvers would try their search domains
-        raise InvalidArgument("url host must be a fully qualified domain name")
+        raise InvalidArgument("url host must be a fully qualified domain name", field="url")
     return None
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from service.domain import parse_tenant
-from service.errors import InvalidArgument, NotFound
+from service.errors import InvalidArgument, WebhookConfigNotFound
 from service.ports import Clock, WebhookStore, utc_now
 from service.records import WebhookConfig, WebhookConfigChange
 from service.webhooks.destinations import WebhookDestinations
@@ -38,10 +38,10 @@ class WebhookManagement:
         self._clock = clock
 
     async def get_config(self, tenant: str) -> WebhookConfig:
-        """The tenant's config; ``NotFound`` when it has none."""
+        """The tenant's config; ``WebhookConfigNotFound`` when it has none."""
         config = await self._store.webhook_config(tenant)
         if config is None:
-            raise NotFound("no webhook is configured for this tenant")
+            raise WebhookConfigNotFound()
         return config
 
     async def update_config(
@@ -61,7 +61,9 @@ class WebhookManagement:
         existing = await self._store.webhook_config(tenant)
         if existing is None:
             if checked_url is None:
-                raise InvalidArgument("url is required to create the webhook configuration")
+                raise InvalidArgument(
+                    "url is required to create the webhook configuration", field="url"
+                )
             checked_events = checked_events or EVENT_TYPES
         return await self._store.save_webhook_config(
             tenant,
@@ -77,7 +79,9 @@ class WebhookManagement:
         if tenant is not None:
             parse_tenant(tenant)
         if since.tzinfo is None:
-            raise InvalidArgument("since must carry a time zone (e.g. 2024-01-15T10:30:00Z)")
+            raise InvalidArgument(
+                "since must carry a time zone (e.g. 2024-01-15T10:30:00Z)", field="since"
+            )
         count = await self._store.requeue_webhook_events(tenant, since, self._clock())
         if count and self._wake_delivery is not None:
             self._wake_delivery()
@@ -88,5 +92,7 @@ def _check_events(events: Sequence[str]) -> tuple[str, ...]:
     unknown = [e for e in events if e not in EVENT_TYPES]
     if unknown:
         shown = ", ".join(repr(e[:40]) for e in unknown[:5])
-        raise InvalidArgument(f"unknown event type {shown}; known: {', '.join(EVENT_TYPES)}")
+        raise InvalidArgument(
+            f"unknown event type {shown}; known: {', '.join(EVENT_TYPES)}", field="events"
+        )
     return tuple(dict.fromkeys(events))

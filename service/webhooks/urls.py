@@ -34,26 +34,28 @@ def split_webhook_url(url: str) -> WebhookTarget:
     fragment; a port from 1 to 65535 when one is given.
     """
     if not url:
-        raise InvalidArgument("url is empty")
+        raise InvalidArgument("url is empty", field="url")
     if len(url) > MAX_URL_LENGTH:
-        raise InvalidArgument(f"url is longer than {MAX_URL_LENGTH} characters")
+        raise InvalidArgument(f"url is longer than {MAX_URL_LENGTH} characters", field="url")
     if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
-        raise InvalidArgument("url must be printable ASCII without spaces (percent-encode)")
+        raise InvalidArgument(
+            "url must be printable ASCII without spaces (percent-encode)", field="url"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError for a malformed port
     except ValueError:
-        raise InvalidArgument("url is malformed") from None
+        raise InvalidArgument("url is malformed", field="url") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise InvalidArgument("url must use https")
+        raise InvalidArgument("url must use https", field="url")
     host = (parts.hostname or "").lower()
     if not host:
-        raise InvalidArgument("url has no host")
+        raise InvalidArgument("url has no host", field="url")
     if "@" in parts.netloc:
-        raise InvalidArgument("url must not contain a user name or password")
+        raise InvalidArgument("url must not contain a user name or password", field="url")
     if parts.fragment or url.endswith("#"):
-        raise InvalidArgument("url must not have a fragment")
+        raise InvalidArgument("url must not have a fragment", field="url")
     if port == 0:
-        raise InvalidArgument("url port must be from 1 to 65535")
+        raise InvalidArgument("url port must be from 1 to 65535", field="url")
     return WebhookTarget(scheme, host, port or _DEFAULT_PORTS[scheme])

@@ -9,6 +9,7 @@ tests/unit/test_directory.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -435,6 +436,7 @@ async def test_concurrent_imports_through_two_connections(
 async def test_cancelled_caller_does_not_break_the_directory(
     directory: WalletDirectory, backend: StoreBackend
 ) -> None:
+    cancelled = 0
     for pause in range(6):  # cancelled before, during and after the write's round trips
         task = asyncio.create_task(
             directory.import_wallets(TENANT_A, [WalletRow("cus_1", "ethereum", ADDR_1, "wal_1")])
@@ -442,8 +444,11 @@ async def test_cancelled_caller_does_not_break_the_directory(
         for _ in range(pause):
             await asyncio.sleep(0)
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        # A fast store may finish the import within the pause: that write simply happened.
+        with contextlib.suppress(asyncio.CancelledError):
             await task
+        cancelled += task.cancelled()
+    assert cancelled >= 1  # pause 0 always cancels before the first round trip
     # The write either happened or not, atomically; the directory keeps working.
     (wallet,) = await directory.import_wallets(
         TENANT_A, [WalletRow("cus_1", "ethereum", ADDR_1, "wal_1")]

@@ -16,6 +16,7 @@ from jsonschema.exceptions import ValidationError
 from openapi_spec_validator import validate
 
 from balances.v1 import balances_pb2 as pb
+from service.gateway.errors import details_from_trailers
 from service.gateway.openapi import openapi_document
 from service.gateway.routes import routes_of
 from tests.support.expected import as_json
@@ -502,6 +503,7 @@ async def test_real_error_validates_against_the_error_schema(stack: Stack) -> No
     body = {
         "code": caught.value.code().value[0],
         "message": caught.value.details(),
-        "details": [],
+        "details": details_from_trailers(tuple(caught.value.trailing_metadata() or ())),
     }
+    assert body["details"]  # ErrorInfo and ResourceInfo, each an Any
     assert_valid(document, error_schema(document, WALLET_PATH), body)

@@ -111,7 +111,10 @@ def retry_info_of(error: aio.AioRpcError) -> tuple[status_pb2.Status, duration_p
     status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
     assert status.code == error.code().value[0]
     assert status.message == error.details()
-    (detail,) = status.details
+    reason, detail = status.details  # an ErrorInfo, then the RetryInfo
+    error_info = error_details_pb2.ErrorInfo()
+    assert reason.Unpack(error_info), reason.type_url
+    assert (error_info.reason, error_info.domain) == ("RATE_LIMITED", "balances.v1")
     info = error_details_pb2.RetryInfo()
     assert detail.Unpack(info), detail.type_url
     return status, info.retry_delay
@@ -189,19 +192,22 @@ async def test_rest_answers_429_with_retry_after_and_the_retry_info_in_details(
         assert status == 429
         assert body["code"] == RESOURCE_EXHAUSTED.value[0]
         assert "over its rate limit" in body["message"]
-        (detail,) = body["details"]
+        reason, detail = body["details"]
+        assert reason["reason"] == "RATE_LIMITED" and reason["metadata"] == {"quota": "rate"}
         assert detail["@type"] == RETRY_INFO_JSON_TYPE
         delay = detail["retryDelay"]
         assert delay.endswith("s")
         assert 9 < float(delay[:-1]) <= 10
         assert headers["Retry-After"] == str(math.ceil(float(delay[:-1])))
         assert headers["X-Request-Id"]
-        # A watch refused before its first message is an ordinary 429 too.
+        # A watch refused before its first message: 429, and (as grpc-gateway streams it)
+        # one {"error": ...} line carrying the same details.
         status, body, headers = await rest.request(
             "GET", f"/v1/wallets/{WALLET}/balance:watch", headers=SHORT_HEADER
         )
         assert status == 429
-        (detail,) = body["details"]
+        assert set(body) == {"error"}
+        _, detail = body["error"]["details"]
         assert detail["@type"] == RETRY_INFO_JSON_TYPE
         assert headers["Retry-After"] == str(math.ceil(float(detail["retryDelay"][:-1])))
 

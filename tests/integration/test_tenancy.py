@@ -8,6 +8,7 @@ other exactly like IDs that do not exist.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -199,7 +200,10 @@ async def test_other_tenants_ids_look_unknown_over_rest(
     status_u, body_u, headers_u = await ask(unknown_c, unknown_w)
     assert status == status_u == 404
     assert body["code"] == body_u["code"] == NOT_FOUND.value[0]
-    assert body["details"] == body_u["details"] == []
+    # The same details (reason, metadata naming the ID asked for), never the owner's.
+    assert body["details"] and redacted(
+        json.dumps(body["details"]), owner.customer_id, owner.wallet_id
+    ) == redacted(json.dumps(body_u["details"]), unknown_c, unknown_w)
     assert redacted(body["message"], owner.customer_id, owner.wallet_id) == redacted(
         body_u["message"], unknown_c, unknown_w
     )
@@ -382,10 +386,19 @@ async def test_bad_credentials_are_401_with_one_body_over_rest(
             assert status == 401, (method, template)
             assert headers["WWW-Authenticate"] == WWW_AUTHENTICATE
             assert headers["Content-Type"].startswith("application/json")
+            # No x-api-key at all is API_KEY_MISSING; any other key one and the same.
+            sent = "x-api-key" in {k for k, _ in credentials.grpc_metadata}
             assert body == {
                 "code": UNAUTHENTICATED.value[0],
                 "message": UNAUTHENTICATED_MESSAGE,
-                "details": [],
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID" if sent else "API_KEY_MISSING",
+                        "domain": "balances.v1",
+                        "metadata": {},
+                    }
+                ],
             }
 
 

@@ -202,12 +202,15 @@ async def test_import_over_rest(rest: Gateway) -> None:
     assert set(clash) == {"code", "message", "details"}
 
 
-async def test_get_on_the_import_path_is_405_allowing_post(rest: Gateway) -> None:
-    status, body, headers = await rest.request("GET", "/v1/customers/cus_alice/wallets/import")
-    assert status == 405
-    assert headers["Allow"] == "POST"
-    assert body["code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]
-    status, _, headers = await rest.request("DELETE", "/v1/customers/cus_alice/wallets/import")
+async def test_get_on_the_import_path_is_get_wallet_of_import(rest: Gateway) -> None:
+    """As grpc-gateway routes it: the request's own method first, so GET and DELETE here
+    are GetWallet/DeleteWallet of a wallet ID "import", which is no wallet ID (changed:
+    both were 405 allowing POST)."""
+    for method in ("GET", "DELETE"):
+        status, body, _ = await rest.request(method, "/v1/customers/cus_alice/wallets/import")
+        assert (status, body["code"]) == (400, grpc.StatusCode.INVALID_ARGUMENT.value[0]), method
+    status, _, headers = await rest.request("PUT", "/v1/customers/cus_alice/wallets/import")
+    # Allow names the methods /openapi.json documents for the path (its import template).
     assert (status, headers["Allow"]) == (405, "POST")
 
 

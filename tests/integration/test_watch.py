@@ -396,12 +396,13 @@ async def test_rest_watch_streams_result_lines_then_an_error_line(
         headers = {"X-API-Key": stack.api_key}
         try:
             async with aiohttp.ClientSession() as http:
-                # An error before the first message is an ordinary error response.
+                # An error before the first message: its status, and one {"error"} line
+                # (as grpc-gateway; changed from an ordinary error body).
                 async with http.get(
                     f"{base}/v1/wallets/wal_nobody/balance:watch", headers=headers
                 ) as r:
                     assert r.status == 404
-                    body = await r.json()
+                    body = (await r.json())["error"]
                     assert body["code"] == 5 and "wal_nobody" in body["message"]
                 async with http.get(
                     f"{base}/v1/wallets/wal_w1/balance:watch", headers=headers
@@ -430,8 +431,13 @@ async def test_rest_watch_streams_result_lines_then_an_error_line(
                         wallets_pb2.DeleteWalletRequest(customer_id="cus_w", wallet_id="wal_w1")
                     )
                     line = json.loads(await asyncio.wait_for(r.content.readline(), 5))
-                    assert line == {
-                        "error": {"code": 5, "message": "wallet wal_w1 not found", "details": []}
+                    error = line["error"]
+                    assert (error["code"], error["message"]) == (5, "wallet wal_w1 not found")
+                    assert error["details"][0] == {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "WALLET_NOT_FOUND",
+                        "domain": "balances.v1",
+                        "metadata": {"walletId": "wal_w1"},
                     }
                     assert await asyncio.wait_for(r.content.read(), 5) == b""  # the stream ended
                 # A client that goes away cancels its watch.

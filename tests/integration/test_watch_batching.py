@@ -5,7 +5,8 @@ real server in front of it through a counting proxy.  Only USDC is configured
 and ``max_calls_per_batch`` is 1,000, so one snapshot of 1,000 holders is two
 ``eth_call``s (1,000 balance reads, then Multicall3's block fields with the
 rest): the count says how many reads the streams cost.  The block followers
-are not started: what is counted is the streams' own reads.
+are not started (what is counted is the streams' own reads), except where a
+test says the follower adopts those reads.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from service.devchain.anvil import AnvilFactory
 from service.devchain.deploy import mine, mint
 from service.devchain.world import POLYGON, DemoWallet, DemoWorld, deploy_network
 from service.domain import PegPrice, Token
+from service.settings import WatchSettings
 from service.settings.model import LimitsSettings
 from tests.support.stack import keyed_channel, running_stack
 from tests.support.tenancy_kit import Stubs, new_key
-from tests.support.watching import watch_customer, watch_wallet
+from tests.support.watching import processed, until, watch_customer, watch_wallet
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -83,6 +85,45 @@ async def test_a_thousand_streams_opened_together_cost_a_few_eth_calls(
             )
             assert again.block_number == firsts[0].block_number
             assert stack.eth_calls()["polygon"] == 0
+        finally:
+            for call in calls:
+                call.cancel()
+
+
+async def test_the_follower_adopts_the_streams_initial_reads_instead_of_reading_again(
+    start_anvil: AnvilFactory, tmp_path: Path
+) -> None:
+    """Streams opened with the follower running: it takes their addresses from their
+    initial reads at that block, so nothing is read twice; the next block is one read."""
+    world, usdc = await usdc_world(start_anvil)
+    changes = {"polygon": {"tokens": (usdc,), "max_calls_per_batch": 1000}}
+    watch = WatchSettings(poll_interval_seconds=0.05)
+    async with running_stack(
+        world, tmp_path, network_changes=changes, limits=LIMITS, watch=watch
+    ) as stack:
+        follower = stack.service.followers["polygon"]
+        stack.service.start_watching()
+        opened = 300
+        calls = [watch_wallet(stack, f"wal_s{i}") for i in range(opened)]
+        try:
+            firsts = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 60)
+            block = firsts[0].block_number
+            assert {m.block_number for m in firsts} == {block}  # no block was mined
+            await processed(follower, block)
+            await asyncio.sleep(0.3)  # several more ticks of the follower
+            pinned = [p for p in stack.proxies["polygon"].calls("eth_call") if p[1] != "latest"]
+            initial = stack.eth_calls()["polygon"]
+            print(f"{opened} streams with the follower running: {initial} eth_calls")
+            assert pinned == [] and follower.snapshots_read == 0  # it read nothing itself
+            # The next block: one read of every address (300 calls: one eth_call), and
+            # the change reaches its stream.
+            stack.reset_counts()
+            await mint(world.networks["polygon"].rpc_url, usdc.address or "", holder(7), 70_000)
+            message = await asyncio.wait_for(calls[7].read(), 10)
+            assert [(c.currency, c.amount) for c in message.changes] == [("USDC", "0.07")]
+            await until(lambda: follower.snapshots_read == 1)
+            read = stack.proxies["polygon"].calls("eth_call")
+            assert len(read) == 1 and read[0][1] == hex(message.block_number)
         finally:
             for call in calls:
                 call.cancel()

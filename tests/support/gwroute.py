@@ -57,7 +57,10 @@ def echo_servicer() -> object:
         async def Echo(self, request: object, context: grpc.aio.ServicerContext) -> object:
             await context.send_initial_metadata((("x-echo", "yes"),))
             context.set_trailing_metadata((("x-echo-trailer", "done"),))
-            seen = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            seen = {
+                k: v if isinstance(v, str) else "bin:" + v.hex()  # a "-bin" key: its bytes
+                for k, v in context.invocation_metadata() or ()
+            }
             return pb.EchoResponse(request=request, metadata=seen)
 
         async def Fail(self, request: object, context: grpc.aio.ServicerContext) -> object:

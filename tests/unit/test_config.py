@@ -83,7 +83,7 @@ def test_valid_config_parses_to_typed_values_and_defaults(tmp_path: Path) -> Non
     assert ethereum.rpc_urls == (SECRET_URL, "http://127.0.0.1:8545")
     assert (ethereum.confirmations, ethereum.block_tag) == (3, "latest")
     assert ethereum.multicall3 == CANONICAL_MULTICALL3  # default
-    assert ethereum.max_calls_per_batch == 500  # default
+    assert ethereum.max_calls_per_batch == 1000  # default
     usdc, eth = ethereum.tokens
     assert (usdc.currency, usdc.decimals, usdc.address) == ("USDC", 6, USDC)  # checksummed
     assert not usdc.is_native

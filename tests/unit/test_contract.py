@@ -8,9 +8,11 @@ import pytest
 from service.api.services import API_SERVICES
 from service.api.status import status_for
 from service.errors import (
+    AddressTaken,
     BalancesError,
     ChainUnavailable,
     CustomerNotFound,
+    FeatureDisabled,
     RateLimited,
     WalletNotFound,
 )
@@ -33,6 +35,8 @@ def _instance(kind: type[BalancesError]) -> BalancesError:
         CustomerNotFound: CustomerNotFound("cus_x"),
         ChainUnavailable: ChainUnavailable("polygon", "down"),
         RateLimited: RateLimited("key over its rate", retry_after=1.5),
+        AddressTaken: AddressTaken("polygon", "0x" + "ab" * 20),
+        FeatureDisabled: FeatureDisabled("watch", "watching is not enabled"),
     }
     if kind in samples:
         return samples[kind]

@@ -53,7 +53,7 @@ def test_defaults_live_in_the_types() -> None:
     assert settings.watch == WatchSettings(poll_interval_seconds=2.0)
     assert settings.webhooks.retry_schedule_seconds == (5.0, 30.0, 120.0, 600.0, 3600.0)
     net = settings.networks[0]
-    assert (net.confirmations, net.block_tag, net.max_calls_per_batch) == (0, "latest", 500)
+    assert (net.confirmations, net.block_tag, net.max_calls_per_batch) == (0, "latest", 1000)
     assert net.multicall3 == CANONICAL_MULTICALL3
     assert RestSettings().limits == RestLimits(1 << 20, 10.0, 30.0)
 

@@ -110,6 +110,9 @@ async def test_close_ends_streams_normally_and_deletion_with_not_found() -> None
     hub = WatchHub(describe, never_found)
     wallet_watch = hub.subscribe("default", [WALLET])
     customer_watch = hub.subscribe("default", [WALLET, WALLET_2], customer_id="cus_1")
+    assert await hub.watched_addresses("polygon") == set()  # followed once it has its state
+    wallet_watch.start_from([])
+    customer_watch.start_from([])
     assert await hub.watched_addresses("polygon") == {ADDR, ADDR_2}
     await hub.address_released("polygon", ADDR)  # the directory says: gone
     with pytest.raises(WalletNotFound):

@@ -8,7 +8,7 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
-from service.errors import AlreadyExists, CustomerNotFound, WalletNotFound
+from service.errors import AddressTaken, CustomerNotFound, WalletNotFound
 from service.ports import utc_now
 from service.records import WalletCursor, WalletRow, new_wallet_id
 from service.store.postgres.database import Connection, PostgresDatabase
@@ -77,10 +77,7 @@ class PostgresWalletStore:
             existing = await _select_by_address(connection, tenant, network, address)
             if existing is not None:
                 if existing.customer_id != customer_id:
-                    raise AlreadyExists(
-                        f"address {address} on network {network} is already registered"
-                        " to another customer"
-                    )
+                    raise AddressTaken(network, address)
                 return existing, False
             (wallet,), _ = await _insert_rows(connection, tenant, [row], now)
         _log.info("registered wallet %s for tenant %s", wallet.wallet_id, tenant)

@@ -86,9 +86,13 @@ class PostgresWebhookStore:
             existing = None if row is None else _webhook_config(row)
             if existing is None:
                 if url is None:
-                    raise InvalidArgument("url is required to create the webhook configuration")
+                    raise InvalidArgument(
+                        "url is required to create the webhook configuration", field="url"
+                    )
                 if not events:
-                    raise InvalidArgument("events are required to create the webhook configuration")
+                    raise InvalidArgument(
+                        "events are required to create the webhook configuration", field="events"
+                    )
                 row = await connection.fetchrow(
                     "INSERT INTO webhook_configs"
                     " (tenant, url, events, secret, created_at, updated_at)"
@@ -314,6 +318,14 @@ class PostgresWebhookStore:
         else:
             rows = await self._database.fetch(query + " WHERE tenant = $1 ORDER BY seq", tenant)
         return [_webhook_event(row) for row in rows]
+
+    async def webhook_backlog(self) -> tuple[int, datetime | None]:
+        row = await self._database.fetchrow(
+            "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest"
+            " FROM webhook_outbox WHERE status = 'pending'"
+        )
+        oldest = row["oldest"]
+        return row["pending"], None if oldest is None else oldest.astimezone(UTC)
 
 
 def _webhook_config(row: Any) -> WebhookConfig:

@@ -9,7 +9,7 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from service.domain import Wallet, parse_customer_id, parse_wallet_id
-from service.errors import AlreadyExists, CustomerNotFound, WalletNotFound
+from service.errors import AddressTaken, CustomerNotFound, WalletNotFound
 from service.ports import utc_now
 from service.records import WalletCursor, WalletRow, new_wallet_id
 from service.store.rules import existing_wallet_for
@@ -113,10 +113,7 @@ def _register_row(
     existing = _select_by_address(connection, tenant, row.network, row.address)
     if existing is not None:
         if existing.customer_id != row.customer_id:
-            raise AlreadyExists(
-                f"address {row.address} on network {row.network} is already registered"
-                " to another customer"
-            )
+            raise AddressTaken(row.network, row.address)
         return existing, False
     (wallet,), _ = _insert_rows(connection, tenant, [row], now)
     return wallet, True

@@ -190,6 +190,16 @@ class SqliteWebhookStore:
     async def webhook_events(self, tenant: str | None = None) -> list[WebhookEventRecord]:
         return await self._database.run(_select_webhook_events, tenant)
 
+    async def webhook_backlog(self) -> tuple[int, datetime | None]:
+        return await self._database.run(_select_backlog)
+
+
+def _select_backlog(connection: sqlite3.Connection) -> tuple[int, datetime | None]:
+    count, oldest = connection.execute(
+        "SELECT COUNT(*), MIN(created_at) FROM webhook_outbox WHERE status = 'pending'"
+    ).fetchone()
+    return count, None if oldest is None else from_timestamp(oldest)
+
 
 def _select_webhook_config(connection: sqlite3.Connection, tenant: str) -> WebhookConfig | None:
     row = connection.execute(_SELECT_CONFIG + " WHERE tenant = ?", (tenant,)).fetchone()
@@ -210,9 +220,13 @@ def _save_webhook_config(
     stamp = to_timestamp(now)
     if existing is None:
         if url is None:
-            raise InvalidArgument("url is required to create the webhook configuration")
+            raise InvalidArgument(
+                "url is required to create the webhook configuration", field="url"
+            )
         if not events:
-            raise InvalidArgument("events are required to create the webhook configuration")
+            raise InvalidArgument(
+                "events are required to create the webhook configuration", field="events"
+            )
         connection.execute(
             "INSERT INTO webhook_configs (tenant, url, events, secret, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
