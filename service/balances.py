@@ -28,6 +28,14 @@ reads, ``service.watch.initial_reads``).  Everything above holds but the read
 itself: on a miss of the tenant's own key, the key's snapshot is cut from the
 shared read (a fresh upstream read made for a batch of callers) and cached for
 the tenant as if it had read it alone.
+
+Past balances (``as_of``: a block, or a time each network resolves to its own
+block, ``service.block_times``): the snapshot of that block, read through the
+same source, keyed by the block too (never the key of a "now" read), coalesced
+alike, never served stale.  A block deeper than the network's confirmation
+depth cannot change: its snapshot is cached as immutable (no TTL, still bounded
+by the cache's size), so asking again costs no upstream call at all.  A block
+not that deep yet is cached for the ordinary TTL.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from service.block_times import AsOf, BlockTimes
 from service.domain import (
     CustomerBalances,
     Snapshot,
@@ -53,10 +62,10 @@ from service.domain import (
 )
 from service.errors import ChainUnavailable
 from service.money import round_half_even, value_of
-from service.ports import SnapshotCache, SnapshotSource, WalletReader
+from service.ports import Clock, SnapshotCache, SnapshotSource, WalletReader, utc_now
 from service.pricing import token_price
 
-__all__ = ["BalanceQueries", "SharedRead"]
+__all__ = ["AsOf", "BalanceQueries", "SharedRead"]
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +100,13 @@ class BalanceQueries:
         max_stale: Mapping[str, float] | None = None,
         last_good_entries: int = LAST_GOOD_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        confirmations: Mapping[str, int] | None = None,
+        now: Clock = utc_now,
     ) -> None:
         """``max_stale``: seconds per network a last good read may be served when every
-        provider fails (a network not named, or 0: never); ``clock`` counts seconds."""
+        provider fails (a network not named, or 0: never); ``clock`` counts seconds.
+        ``confirmations``: each network's depth below which blocks are final (a
+        network not named: none is); ``now``: the time a past time must not be after."""
         self._directory = directory
         self._sources = sources
         self._tokens = tokens
@@ -110,13 +123,25 @@ class BalanceQueries:
         self._last_good: OrderedDict[str, _LastGood] = OrderedDict()
         self._last_good_entries = last_good_entries
         self._clock = clock
+        self.block_times = BlockTimes(confirmations or {}, clock=now)
         # (network, hit | miss | coalesced | stale) -> lookups; read by service.metrics_sampler.
         self.lookups: Counter[tuple[str, str]] = Counter()
 
     async def wallet_balance(
-        self, tenant: str, wallet_id: str, timeout: float | None = None
+        self,
+        tenant: str,
+        wallet_id: str,
+        timeout: float | None = None,
+        *,
+        as_of: AsOf | None = None,
     ) -> WalletBalance:
+        """The wallet's balances now, or at ``as_of``'s block."""
         wallet = await self._directory.get_wallet(tenant, parse_wallet_id(wallet_id))
+        if as_of is not None:
+            snapshot = await self._past_snapshot(
+                tenant, wallet.network, [wallet.address], False, timeout, as_of
+            )
+            return self._wallet_balance(wallet, snapshot)
         return await self.balance_of(tenant, wallet, timeout=timeout)
 
     async def balance_of(
@@ -140,10 +165,17 @@ class BalanceQueries:
         return self._wallet_balance(wallet, snapshot, stale=stale)
 
     async def customer_balances(
-        self, tenant: str, customer_id: str, timeout: float | None = None
+        self,
+        tenant: str,
+        customer_id: str,
+        timeout: float | None = None,
+        *,
+        as_of: AsOf | None = None,
     ) -> CustomerBalances:
+        """The customer's balances and total now, or at ``as_of``: each network at its
+        own block (a time resolves per network), priced by the feeds at that block."""
         wallets = await self._directory.customer_wallets(tenant, parse_customer_id(customer_id))
-        return await self.balances_of(tenant, customer_id, wallets, timeout=timeout)
+        return await self.balances_of(tenant, customer_id, wallets, timeout=timeout, as_of=as_of)
 
     async def balances_of(
         self,
@@ -153,25 +185,24 @@ class BalanceQueries:
         *,
         timeout: float | None = None,
         shared: SharedRead | None = None,
+        as_of: AsOf | None = None,
     ) -> CustomerBalances:
         """The balances of ``wallets`` (the customer's, from the directory) and their total."""
         held_at: dict[str, set[str]] = {}  # network -> the customer's addresses there
         for w in wallets:
             held_at.setdefault(w.network, set()).add(w.address)
         networks = sorted(held_at)
-        snapshots = await asyncio.gather(
-            *(
-                self._snapshot(
-                    tenant,
-                    network,
-                    sorted(held_at[network]),
-                    with_prices=True,
-                    timeout=timeout,
-                    shared=shared,
-                )
-                for network in networks
+
+        async def read(network: str) -> tuple[Snapshot, bool]:
+            addresses = sorted(held_at[network])
+            if as_of is not None:
+                past = await self._past_snapshot(tenant, network, addresses, True, timeout, as_of)
+                return past, False
+            return await self._snapshot(
+                tenant, network, addresses, with_prices=True, timeout=timeout, shared=shared
             )
-        )
+
+        snapshots = await asyncio.gather(*(read(network) for network in networks))
         by_network = {n: snapshot for n, (snapshot, _) in zip(networks, snapshots, strict=True)}
         stale = {n for n, (_, is_stale) in zip(networks, snapshots, strict=True) if is_stale}
         values = []
@@ -297,6 +328,59 @@ class BalanceQueries:
             log.debug("serving the last good read of block %d: %s", last.block_number, exc)
             return last, True
 
+    async def _past_snapshot(
+        self,
+        tenant: str,
+        network: str,
+        addresses: list[str],
+        with_prices: bool,
+        timeout: float | None,
+        as_of: AsOf,
+    ) -> Snapshot:
+        """The addresses' snapshot at ``as_of``'s block on ``network``: cached (immutable
+        once final), else read pinned to that block; concurrent misses coalesced."""
+        source = self._sources.get(network)
+        if source is None:
+            raise ChainUnavailable(network, "this network is not configured on the server")
+        head: int | None = None
+        if as_of.block is not None:
+            block, final = as_of.block, False
+        else:
+            assert as_of.time is not None
+            past = await self.block_times.block_at(network, source, as_of.time)
+            block, head = past.number, past.head
+            final = head is None  # remembered: only final blocks are
+        key = _hashed_key(tenant, network, addresses, with_prices, at_block=block)
+        task = self._inflight.get(key)
+        if task is None:
+            cached = await self._cache.get(key)
+            if cached is not None:
+                self.lookups[network, "hit"] += 1
+                return cached
+            task = self._inflight.get(key)
+        if task is not None:
+            self.lookups[network, "coalesced"] += 1
+            return await asyncio.shield(task)
+        self.lookups[network, "miss"] += 1
+        budget = self._read_timeout if timeout is None else min(timeout, self._read_timeout)
+
+        async def read() -> Snapshot:
+            nonlocal head, final
+            if head is None and not final:
+                head = await self.block_times.head(network, source, block)
+            if head is not None:
+                final = block <= self.block_times.final_below(network, head)
+            snapshot = await source.snapshot(
+                addresses, with_prices=with_prices, timeout=budget, block_number=block
+            )
+            await self._cache.set(key, snapshot, immutable=final)
+            return snapshot
+
+        task = asyncio.create_task(read())
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(task)
+
     async def _read_and_store(
         self, key: str, read: Callable[[float], Awaitable[Snapshot]], timeout: float
     ) -> Snapshot:
@@ -372,6 +456,15 @@ def _single_key(tenant: str, network: str, address: str, with_prices: bool) -> s
     return _hashed_key(tenant, network, [address], with_prices)
 
 
-def _hashed_key(tenant: str, network: str, addresses: list[str], with_prices: bool) -> str:
-    scope = "\n".join((tenant, network, "priced" if with_prices else "plain", *addresses))
+def _hashed_key(
+    tenant: str,
+    network: str,
+    addresses: list[str],
+    with_prices: bool,
+    *,
+    at_block: int | None = None,
+) -> str:
+    """``at_block``: a past block's snapshot (a line no address can be: never a "now" key)."""
+    past = () if at_block is None else (f"@{at_block}",)
+    scope = "\n".join((tenant, network, "priced" if with_prices else "plain", *past, *addresses))
     return f"snapshot:{hashlib.sha256(scope.encode()).hexdigest()}"

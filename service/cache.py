@@ -10,8 +10,9 @@ tests below pin down exactly.
 
 - ``get`` of an expired entry drops it and misses; a hit makes it the most
   recently used.
-- ``set`` stores with a fresh TTL, drops expired entries at the old end, and
-  then the least recently used ones while more than ``max_entries`` are held.
+- ``set`` stores with a fresh TTL (none when ``immutable``: a final block's
+  snapshot), drops expired entries at the old end, and then the least
+  recently used ones while more than ``max_entries`` are held.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ class MemorySnapshotCache:
         self._entries.move_to_end(key)
         return entry[1]
 
-    async def set(self, key: str, snapshot: Snapshot) -> None:
+    async def set(self, key: str, snapshot: Snapshot, *, immutable: bool = False) -> None:
         now = self._clock()
         entries = self._entries
-        entries[key] = (now + self._ttl, snapshot)
+        entries[key] = (float("inf") if immutable else now + self._ttl, snapshot)
         entries.move_to_end(key)
         # Expired entries at the least recently used end go first (amortised O(1) per set).
         while entries:

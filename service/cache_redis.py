@@ -10,7 +10,8 @@ Keys: ``balances:snap:v1:<blake2b-128 of the caller's key>`` (the caller's key
 is already a hash of tenant, network and addresses; hashing again means nothing
 a caller puts in a key can ever appear in Redis).  ``v1`` is the value format
 (``service.snapshot_codec``): a replica running another format never reads
-this one's values.  Values expire after the cache TTL.
+this one's values.  Values expire after the cache TTL; an immutable one (a
+final block's snapshot) after ``IMMUTABLE_TTL_SECONDS``.
 
 ``fill`` is single-flight across replicas.  A miss runs one Lua script that
 either returns the value or takes the key's *lease* (``SET key:lease token NX
@@ -44,11 +45,13 @@ from service.domain import Snapshot
 from service.redis_link import REDIS_ERRORS, RedisLink
 from service.snapshot_codec import decode_snapshot, encode_snapshot
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "RedisSnapshotCache"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "IMMUTABLE_TTL_SECONDS", "RedisSnapshotCache"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 2.0  # how long a dead holder keeps the other replicas waiting, at most
+# A final block's snapshot never changes: kept a day (Redis's memory is the bound).
+IMMUTABLE_TTL_SECONDS = 86_400.0
 _FIRST_PAUSE = 0.002
 _LONGEST_PAUSE = 0.05
 
@@ -109,13 +112,12 @@ class RedisSnapshotCache:
         self._link.succeeded()
         return None if data is None else _decoded(data)
 
-    async def set(self, key: str, snapshot: Snapshot) -> None:
+    async def set(self, key: str, snapshot: Snapshot, *, immutable: bool = False) -> None:
         if not self._link.available:
             return
+        ttl_ms = round(IMMUTABLE_TTL_SECONDS * 1000) if immutable else self._ttl_ms
         try:
-            await self._link.client.set(
-                self.redis_key(key), encode_snapshot(snapshot), px=self._ttl_ms
-            )
+            await self._link.client.set(self.redis_key(key), encode_snapshot(snapshot), px=ttl_ms)
         except REDIS_ERRORS as exc:
             self._link.failed(exc)
         else:

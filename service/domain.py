@@ -15,6 +15,7 @@ from typing import NamedTuple
 from service.errors import InvalidArgument
 
 __all__ = [
+    "AnnouncedBlock",
     "BalanceChange",
     "BlockHeader",
     "BlockRef",
@@ -215,14 +216,31 @@ class BalanceChange(NamedTuple):  # one per change per block, and per stream: a 
     decimals: int
     previous: int
     current: int
+    # Not 0: this change corrects a value announced at a block a reorg replaced
+    # (``previous`` is that value); the network's reorg count then, so that two
+    # identical corrections (a chain flipping back and forth) stay two events.
+    reorg: int = 0
+
+
+@dataclass(frozen=True)
+class AnnouncedBlock:
+    """A block whose changes were announced: the (address, currency) pairs it changed."""
+
+    number: int
+    hash: str
+    keys: frozenset[tuple[str, str]]
 
 
 @dataclass(frozen=True)
 class FollowerState:
-    """What a follower last read: the block and every watched address's raw amounts."""
+    """What a follower last read: the block and every watched address's raw amounts,
+    the recent blocks whose changes it announced (to recognise a reorg that replaced
+    one, even after a restart) and how many reorgs it corrected."""
 
     block: BlockRef
     balances: dict[str, dict[str, int]]
+    announced: tuple[AnnouncedBlock, ...] = ()
+    reorgs: int = 0
 
 
 @dataclass(frozen=True)

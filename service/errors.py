@@ -13,6 +13,7 @@
     ├── FeatureDisabled           the server runs without a feature the RPC needs (watching)
     ├── RateLimited               an API key is over a rate limit or concurrency quota
     ├── ChainUnavailable          a network or one of its tokens/feeds could not be read
+    │   └── ArchiveRequired       no provider holds the state of an old block any more
     └── PriceUnavailable          a price needed for a total is missing or too old
     StartupError                  a command or the server cannot start (one line in the CLI)
     ├── ConfigError               the configuration is wrong (names the dotted key)
@@ -37,6 +38,7 @@ from __future__ import annotations
 __all__ = [
     "AddressTaken",
     "AlreadyExists",
+    "ArchiveRequired",
     "BalancesError",
     "CannotListen",
     "ChainUnavailable",
@@ -153,14 +155,35 @@ class RateLimited(BalancesError):
 
 
 class ChainUnavailable(BalancesError):
-    """A network, or one token or feed on it, could not be read.  Retryable."""
+    """A network, or one token or feed on it, could not be read.  Retryable.
 
-    def __init__(self, network: str, reason: str, token: str | None = None) -> None:
+    ``state_missing``: every provider said it no longer holds the state asked for
+    (pruned: "missing trie node" and the like), so only an archive node could answer.
+    """
+
+    def __init__(
+        self, network: str, reason: str, token: str | None = None, *, state_missing: bool = False
+    ) -> None:
         where = f"network {network}" + (f", token {token}" if token else "")
         super().__init__(f"{where}: {reason}")
         self.network = network
         self.token = token
         self.reason = reason
+        self.state_missing = state_missing
+
+
+class ArchiveRequired(ChainUnavailable):
+    """Every provider of the network has pruned the state of ``block``: retrying cannot
+    help until an archive provider is configured (FAILED_PRECONDITION)."""
+
+    def __init__(self, network: str, block: int) -> None:
+        super().__init__(
+            network,
+            f"no provider holds the state of block {block} any more (pruned); "
+            "reading it needs an archive provider",
+            state_missing=True,
+        )
+        self.block = block
 
 
 class PriceUnavailable(BalancesError):

@@ -10,9 +10,8 @@ from grpc_reflection.v1alpha import reflection
 
 from balances.v1 import balances_pb2_grpc, wallets_pb2_grpc, webhooks_pb2_grpc
 from service import metrics, tracing
-from service.api.auth_interceptor import AuthInterceptor
 from service.api.balances_servicer import BalancesServicer
-from service.api.interceptors import ErrorInterceptor
+from service.api.interceptors import ApiInterceptor
 from service.api.metrics_interceptor import MetricsInterceptor
 from service.api.network_health import NetworkHealthReporter
 from service.api.services import API_SERVICES
@@ -46,10 +45,12 @@ def create_server(
     ``in_process`` records the interceptors and handlers, for the REST gateway in this
     process to call directly.
     """
-    # ErrorInterceptor is outermost, so authentication failures are mapped like any error.
-    # grpcio turns SO_REUSEPORT on by default: a second server on a taken port would
-    # silently share it instead of failing.  Only ``serve --workers`` asks for it.
-    interceptors = [ErrorInterceptor(), AuthInterceptor(service.authenticator, service.quotas)]
+    # One interceptor for request IDs, errors, authentication and quotas (each is one more
+    # coroutine per call).  grpcio turns SO_REUSEPORT on by default: a second server on a
+    # taken port would silently share it instead of failing.  Only ``serve --workers`` asks.
+    interceptors: list[aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        ApiInterceptor(service.authenticator, service.quotas)
+    ]
     if metrics.enabled():  # [metrics]: outside the others, so refusals are counted and timed
         interceptors.insert(0, MetricsInterceptor())
     if tracing.enabled():  # [tracing]: outermost, a call's span covers auth and errors too

@@ -89,7 +89,10 @@ class SnapshotCache(Protocol):
 
     async def get(self, key: str) -> Snapshot | None: ...
 
-    async def set(self, key: str, snapshot: Snapshot) -> None: ...
+    async def set(self, key: str, snapshot: Snapshot, *, immutable: bool = False) -> None:
+        """Store for the cache's TTL; ``immutable`` (a block deeper than the confirmation
+        depth: it never changes): for as long as the cache's size allows."""
+        ...
 
     async def delete(self, key: str) -> None:
         """Drop the key, for every process sharing the cache."""

@@ -30,6 +30,11 @@ _MAX_TOKEN_CHARS = 512
 
 WalletPage = tuple[list[Wallet], str]
 WalletDeleted = Callable[[Wallet], Awaitable[None]]
+WalletRegistered = Callable[[Wallet], Awaitable[None]]
+
+
+async def _nobody(wallet: Wallet) -> None:
+    """No one to tell (a registry without watches)."""
 
 
 class WalletRegistry:
@@ -38,10 +43,14 @@ class WalletRegistry:
         directory: WalletDirectory,
         networks: Collection[str],
         on_wallet_deleted: WalletDeleted,
+        on_wallet_registered: WalletRegistered = _nobody,
     ) -> None:
+        """``on_wallet_registered`` hears of each wallet created (not of an idempotent
+        repeat), after it is stored: the customer's watch streams take it in."""
         self._directory = directory
         self._networks = tuple(networks)
         self._on_wallet_deleted = on_wallet_deleted
+        self._on_wallet_registered = on_wallet_registered
 
     async def import_wallet(
         self, tenant: str, customer_id: str, network: str, address: str
@@ -52,9 +61,12 @@ class WalletRegistry:
                 f"network {network[:40]!r} is not configured; known: {', '.join(self._networks)}",
                 field="network",
             )
-        return await self._directory.register_wallet(
+        wallet, created = await self._directory.register_wallet(
             tenant, customer_id, network, parse_address(address)
         )
+        if created:
+            await self._on_wallet_registered(wallet)
+        return wallet, created
 
     async def list_wallets(
         self, tenant: str, customer_id: str, page_size: int, page_token: str

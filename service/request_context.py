@@ -1,6 +1,6 @@
 """The request being served, for its log lines: ID, tenant, method, and how it ended.
 
-One ``RequestScope`` per request, in a context variable.  The gRPC error
+One ``RequestScope`` per request, in a context variable.  The gRPC server's
 interceptor opens one per call; the REST shim's access-log middleware one per
 HTTP request.  Every line logged while a scope is open carries its request ID,
 tenant and method (JSON logs, ``service.logs``); when it closes, one *access
@@ -25,7 +25,6 @@ a few lines, not one per request.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from contextvars import ContextVar, Token
@@ -41,7 +40,6 @@ __all__ = [
     "end_call",
     "log_rest_request",
     "note_status",
-    "note_tenant",
 ]
 
 ACCESS_LOGGER = "balances.access"
@@ -61,7 +59,7 @@ class RequestScope:
     request_id: str | None
     via: str  # "grpc" or "rest": where the request came in
     method: str | None = None  # the gRPC method, "/balances.v1.BalancesService/GetBalance"
-    tenant: str | None = None  # once authenticated
+    tenant: str | None = None  # once authenticated (``service.api.admission`` sets it)
     status: str | None = None  # the gRPC code's name, once known
     route: str | None = None  # REST: the route template, never the path or query
     http_method: str | None = None  # REST
@@ -75,13 +73,6 @@ class RequestScope:
 
 
 current_request: ContextVar[RequestScope | None] = ContextVar("current_request", default=None)
-
-
-def note_tenant(tenant: str) -> None:
-    """The authenticated tenant of the current request (the auth interceptor calls this)."""
-    scope = current_request.get()
-    if scope is not None:
-        scope.tenant = tenant
 
 
 def note_status(code_name: str) -> None:
@@ -109,9 +100,10 @@ def end_call(scope: RequestScope, code_name: str) -> None:
         return  # a REST request's scope: the shim writes the line
     token, scope.token = scope.token, None
     if token is not None:
-        # A stream's generator may be closed from another context: nothing left to undo.
-        with contextlib.suppress(ValueError):
+        try:  # noqa: SIM105 (contextlib.suppress: one more object per call)
             current_request.reset(token)
+        except ValueError:
+            pass  # a stream's generator may be closed from another context: nothing to undo
     if access_log.isEnabledFor(logging.INFO):
         _access_line(scope, f"grpc {scope.method} {code_name}", {"via": scope.via})
 

@@ -37,6 +37,7 @@ from service.watch.cache_refresh import CacheRefresh
 from service.watch.follower import BlockFollower
 from service.watch.hub import WatchHub
 from service.watch.initial_reads import InitialReads
+from service.watch.totals import PriceBook
 from service.watch.watches import BalanceWatches
 from service.webhooks.delivery import WebhookDelivery
 from service.webhooks.destinations import WebhookDestinations
@@ -137,6 +138,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             minor_unit_digits=settings.minor_unit_digits,
             read_timeout=settings.rpc_timeout_seconds,
             max_stale=max_stale,
+            confirmations={n.name: n.confirmations for n in settings.networks},
         )
         hub = WatchHub(queries.wallet_balance_at, stores.wallets.get_wallet)
         exits.callback(hub.close)
@@ -146,6 +148,10 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         async def wallet_deleted(wallet: Wallet) -> None:
             await queries.wallet_deleted(wallet)
             await hub.address_released(wallet.network, wallet.address)  # ends its watches
+
+        # The customer's watches here take it in at once; on other replicas, at their next
+        # look at the customer's wallets (``service.watch.watches``).
+        wallet_registered = hub.wallet_registered
 
         destinations = WebhookDestinations(settings.webhooks.policy, SystemResolver())
         sender = HttpWebhookSender(settings.webhooks.policy, destinations)
@@ -191,12 +197,27 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             readers=readers,
             queries=queries,
             registry=WalletRegistry(
-                stores.wallets, [n.name for n in settings.networks], wallet_deleted
+                stores.wallets,
+                [n.name for n in settings.networks],
+                wallet_deleted,
+                on_wallet_registered=wallet_registered,
             ),
             authenticator=Authenticator(stores.api_keys),
             quotas=quotas,
             hub=hub,
-            watches=BalanceWatches(stores.wallets, queries, hub, initial_reads.read),
+            watches=BalanceWatches(
+                stores.wallets,
+                queries,
+                hub,
+                initial_reads.read,
+                prices=PriceBook(
+                    observed,
+                    {n.name: n.tokens for n in settings.networks},
+                    read_timeout=settings.rpc_timeout_seconds,
+                ),
+                minor_unit_digits=settings.minor_unit_digits,
+                membership_interval=settings.watch.poll_interval_seconds,
+            ),
             followers=followers,
             new_heads=new_heads,
             webhook_emitter=emitter,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -12,6 +13,7 @@ from grpc import aio
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import balances_pb2_grpc
 from service.api.convert import (
+    as_of,
     customer_balances_response,
     customer_watch_response,
     wallet_balance_response,
@@ -27,6 +29,8 @@ __all__ = ["BalancesServicer"]
 
 # Wallet watch messages kept for the other streams that are sent the same update.
 _SHARED_MESSAGES = 1024
+# Wallet balance answers kept for the next calls that get the same balance (~1 KB each).
+_WALLET_RESPONSES = 4096
 
 
 class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
@@ -45,20 +49,25 @@ class BalancesServicer(balances_pb2_grpc.BalancesServiceServicer):
         self._messages: OrderedDict[
             tuple[int, int], tuple[WalletUpdate, pb.WatchWalletBalanceResponse]
         ] = OrderedDict()
+        # A warm GetWalletBalance answers from one cached snapshot many times: the message,
+        # a pure function of the WalletBalance (a tuple: hashed and compared by value, all
+        # of it), is built once per balance (~12 µs of Python a call, measured).  grpc
+        # and the REST shim only read it.
+        self._wallet_response = functools.lru_cache(_WALLET_RESPONSES)(wallet_balance_response)
 
     async def GetWalletBalance(
         self, request: pb.GetWalletBalanceRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetWalletBalanceResponse:
         balance = await self._queries.wallet_balance(
-            caller_tenant(), request.wallet_id, context.time_remaining()
+            caller_tenant(), request.wallet_id, context.time_remaining(), as_of=as_of(request)
         )
-        return wallet_balance_response(balance)
+        return self._wallet_response(balance)
 
     async def GetCustomerBalances(
         self, request: pb.GetCustomerBalancesRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.GetCustomerBalancesResponse:
         balances = await self._queries.customer_balances(
-            caller_tenant(), request.customer_id, context.time_remaining()
+            caller_tenant(), request.customer_id, context.time_remaining(), as_of=as_of(request)
         )
         return customer_balances_response(balances, self._minor_unit_digits)
 

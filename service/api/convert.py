@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from balances.v1 import balances_pb2 as pb
 from balances.v1 import wallets_pb2 as wallets_pb
 from balances.v1 import webhooks_pb2 as webhooks_pb
+from service.block_times import AT_BLOCK, AT_TIME, AsOf
 from service.domain import CustomerBalances, TokenAmount, Wallet, WalletBalance
 from service.errors import InvalidArgument
 from service.money import format_amount, format_fraction
@@ -18,6 +19,7 @@ from service.watch.hub import WalletUpdate, WatchUpdate
 from service.watch.watches import CustomerWatchUpdate
 
 __all__ = [
+    "as_of",
     "customer_balances_response",
     "customer_watch_response",
     "datetime_from_timestamp",
@@ -83,6 +85,7 @@ def wallet_watch_response(update: WatchUpdate) -> pb.WatchWalletBalanceResponse:
         coalesced_updates=update.coalesced_updates,
         initial=update.initial,
         stale=_stale(balance),
+        reorged=True if wallet.reorged else None,  # presence: absent from JSON unless true
     )
     response.last_updated.seconds = balance.block_timestamp
     _add_watched(response.balances, response.changes, wallet)
@@ -97,7 +100,11 @@ def customer_watch_response(
         wallets=[_watched_wallet(w) for w in message.update.wallets],
         coalesced_updates=message.update.coalesced_updates,
         initial=message.update.initial,
+        total_stale=True if message.total_stale else None,
     )
+    for removed in message.update.removed:  # listed once more, as last sent
+        response.wallets.append(_watched_wallet(WalletUpdate(removed, "", ())))
+        response.wallets[-1].removed = True
     if message.total is not None:
         response.total_balance.CopyFrom(
             pb.Money(
@@ -117,6 +124,7 @@ def _watched_wallet(update: WalletUpdate) -> pb.WatchedWallet:
         block_number=balance.block_number,
         block_hash=update.block_hash,
         stale=_stale(balance),
+        reorged=True if update.reorged else None,
     )
     watched.last_updated.seconds = balance.block_timestamp
     _add_watched(watched.balances, watched.changes, update)
@@ -182,6 +190,16 @@ def webhook_config_message(config: WebhookConfig) -> webhooks_pb.WebhookConfig:
         create_time=create_time,
         update_time=update_time,
     )
+
+
+def as_of(request: pb.GetWalletBalanceRequest | pb.GetCustomerBalancesRequest) -> AsOf | None:
+    """The past point a balance request asks for (its ``as_of`` oneof), or None: now."""
+    which = request.WhichOneof("as_of")
+    if which == AT_BLOCK:
+        return AsOf(block=request.at_block)
+    if which == AT_TIME:
+        return AsOf(time=datetime_from_timestamp(request.at_time, AT_TIME))
+    return None
 
 
 def datetime_from_timestamp(timestamp: Timestamp, field: str) -> datetime:

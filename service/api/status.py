@@ -8,7 +8,8 @@ trailer; the REST shim renders its details as grpc-gateway does) whose details a
 * ``google.rpc.BadRequest`` for INVALID_ARGUMENT naming a request field;
 * ``google.rpc.ResourceInfo`` for NOT_FOUND (never an ``owner``: another tenant's
   resource must read exactly as a missing one);
-* ``google.rpc.RetryInfo`` for UNAVAILABLE and RESOURCE_EXHAUSTED.
+* ``google.rpc.RetryInfo`` for UNAVAILABLE and RESOURCE_EXHAUSTED;
+* ``google.rpc.PreconditionFailure`` for FAILED_PRECONDITION.
 
 The README's error table lists every reason; keep the two together.
 """
@@ -29,6 +30,7 @@ from service.api.retry_info import retry_info, status_trailer
 from service.errors import (
     AddressTaken,
     AlreadyExists,
+    ArchiveRequired,
     BalancesError,
     ChainUnavailable,
     CustomerNotFound,
@@ -73,6 +75,8 @@ class Reason(StrEnum):
     INVALID_WEBHOOK_URL = "INVALID_WEBHOOK_URL"
     INVALID_WEBHOOK_EVENTS = "INVALID_WEBHOOK_EVENTS"
     INVALID_SINCE = "INVALID_SINCE"
+    INVALID_AT_BLOCK = "INVALID_AT_BLOCK"  # a block after the head
+    INVALID_AT_TIME = "INVALID_AT_TIME"  # a time in the future, or before the first block
     INVALID_ARGUMENT = "INVALID_ARGUMENT"  # another field (REST query parameters)
     MALFORMED_REQUEST = "MALFORMED_REQUEST"  # the request as a whole does not decode
     INVALID_HEADER = "INVALID_HEADER"  # REST: a header that cannot be forwarded
@@ -95,6 +99,8 @@ class Reason(StrEnum):
     PRICE_UNAVAILABLE = "PRICE_UNAVAILABLE"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"  # REST: the gRPC server did not answer
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    # FAILED_PRECONDITION
+    ARCHIVE_NODE_REQUIRED = "ARCHIVE_NODE_REQUIRED"  # every provider pruned that block's state
     # UNIMPLEMENTED
     FEATURE_DISABLED = "FEATURE_DISABLED"
     METHOD_NOT_IMPLEMENTED = "METHOD_NOT_IMPLEMENTED"
@@ -118,6 +124,8 @@ FIELD_REASONS: Mapping[str, Reason] = {
     "url": Reason.INVALID_WEBHOOK_URL,
     "events": Reason.INVALID_WEBHOOK_EVENTS,
     "since": Reason.INVALID_SINCE,
+    "at_block": Reason.INVALID_AT_BLOCK,
+    "at_time": Reason.INVALID_AT_TIME,
 }
 
 # A status's reason when nothing more is known (the REST shim's own failures, a
@@ -227,6 +235,11 @@ _KINDS: tuple[tuple[type[BalancesError], grpc.StatusCode, _Describe], ...] = (
         lambda e: (Reason.RATE_LIMITED, {"quota": e.quota}),
     ),
     (
+        ArchiveRequired,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda e: (Reason.ARCHIVE_NODE_REQUIRED, {"network": e.network, "block": str(e.block)}),
+    ),
+    (
         ChainUnavailable,
         grpc.StatusCode.UNAVAILABLE,
         lambda e: (Reason.CHAIN_UNAVAILABLE, _where(e)),
@@ -268,6 +281,11 @@ def rich_status(error: BalancesError, *, deadline_passed: bool = False) -> RichS
                 description=message,
             )
         )
+    if isinstance(error, ArchiveRequired):
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type="ARCHIVE_NODE", subject=error.network, description=message
+        )
+        details.append(error_details_pb2.PreconditionFailure(violations=[violation]))
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and isinstance(error, RateLimited):
         details.append(retry_info(error.retry_after))
     elif code is grpc.StatusCode.UNAVAILABLE:

@@ -6,7 +6,10 @@ Other people's nodes rate-limit, stall, lag and return garbage.  Here:
   non-200, a body that is not JSON, and a JSON-RPC error that means "this
   provider cannot answer now" (rate limits such as ``-32005``, pruned-state
   errors such as "header not found" or "missing trie node", internal errors)
-  are a ``ProviderFault``: the next provider is asked.  A revert or an
+  are a ``ProviderFault``: the next provider is asked.  A pruned-state error does
+  not rest the provider (it is up; it lacks that old state), and when every
+  provider gave one the read's ``ChainUnavailable`` says ``state_missing`` (an
+  archive node is needed).  A revert or an
   invalid-params error is an answer (``RpcError``) and is not retried: every
   provider would give it.  An operation that finds a result malformed raises
   ``ProviderFault`` itself.
@@ -50,6 +53,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -89,6 +93,7 @@ _FAULT_TEXTS = (
     "block out of range",
     "missing trie node",
     "state not available",
+    "historical state",  # geth: "historical state 0x... is not available"
     "pruned",
     "rate limit",
     "too many requests",
@@ -102,6 +107,17 @@ _FAULT_TEXTS = (
     "syncing",
     "internal error",
 )
+# Texts of a node that no longer holds an old block's state (a non-archive node).
+_STATE_TEXTS = (
+    "missing trie node",
+    "state not available",
+    "historical state",
+    "pruned",
+    "pruning",
+    "header not found",
+    "state histories",
+)
+_STATE_NOT_AVAILABLE = re.compile(r"\bstate\b[^;]*\bnot available")
 
 
 class HexData(str):
@@ -134,11 +150,19 @@ class ProviderFault(Exception):
     could not be confirmed by the others), so it does not rest.
     """
 
-    def __init__(self, reason: str, retry_after: float | None = None, *, rest: bool = True) -> None:
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        *,
+        rest: bool = True,
+        state_missing: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.rest = rest
+        self.state_missing = state_missing  # the node has pruned the state asked for
 
 
 @dataclass(frozen=True)
@@ -328,6 +352,7 @@ class ProviderPool:
             raise ChainUnavailable(self.network, self._why_none_can_be_asked())
         racing: dict[asyncio.Task[T], tuple[_Provider, float]] = {}  # -> provider, start
         faults: list[str] = []
+        state_missing = True  # every fault so far said the state asked for is pruned
         launched = 0
         judge_slow = False  # on the way out: were the providers still racing too slow?
 
@@ -366,6 +391,7 @@ class ProviderPool:
                         if not isinstance(error, ProviderFault):
                             raise error
                         faults.append(f"provider {provider.index + 1}: {error.reason}")
+                        state_missing = state_missing and error.state_missing
                         if launched < len(candidates):
                             launch()  # a fault: the next provider now, not after a delay
         except TimeoutError:
@@ -379,7 +405,11 @@ class ProviderPool:
                 await asyncio.gather(*racing, return_exceptions=True)
             if judge_slow:
                 self._judge_unfinished(unfinished)
-        raise ChainUnavailable(self.network, "no provider answered (" + "; ".join(faults) + ")")
+        raise ChainUnavailable(
+            self.network,
+            "no provider answered (" + "; ".join(faults) + ")",
+            state_missing=state_missing and bool(faults),
+        )
 
     def _why_none_can_be_asked(self) -> str:
         if all(p.index in self.wrong_chain for p in self._providers):
@@ -660,8 +690,17 @@ def _result(response: Any, method: str) -> Any:
         lowered = message.lower()
         # A revert is the contract's answer, whatever words its reason holds.
         reverted = code == 3 or lowered.startswith("execution reverted")
-        if not reverted and (code in _FAULT_CODES or any(t in lowered for t in _FAULT_TEXTS)):
-            raise ProviderFault(f"{method}: JSON-RPC error {code}")
+        missing = any(t in lowered for t in _STATE_TEXTS) or bool(
+            _STATE_NOT_AVAILABLE.search(lowered)
+        )
+        if not reverted and (
+            missing or code in _FAULT_CODES or any(t in lowered for t in _FAULT_TEXTS)
+        ):
+            # A pruned state is no trouble of the node's ("header not found" may be lag: rests).
+            rest = not missing or "header not found" in lowered
+            raise ProviderFault(
+                f"{method}: JSON-RPC error {code}", rest=rest, state_missing=missing
+            )
         raise RpcError(code, message, method)
     if "result" not in response:
         raise ProviderFault(f"{method}: JSON-RPC response has no result")

@@ -5,8 +5,13 @@ several calls pinned to the same block above ``max_calls_per_batch`` calls or
 ``MAX_CALLDATA_BYTES`` of calldata; ``service.chain.multicall`` encodes and
 decodes it from its byte layout, no ``eth_abi`` per call).  Where
 the Multicall3 address has no code the reader falls back to a JSON-RPC batch
-pinned to one block number.  A read that fails or comes back empty is an error
-naming the token, never a zero.
+pinned to one block number.  A block a caller chose (``block_number``) older than
+any block Multicall3 was seen at is first asked whether the aggregator had code
+then (``eth_getCode`` at that block, remembered: code, once there, stays); where
+it had none the snapshot is still one ``eth_call``, a deployless ``aggregate3``
+(``service.chain.deployless``).  When every provider says it has pruned such a
+block's state, the read fails with ``ArchiveRequired``.  A read that fails or
+comes back empty is an error naming the token, never a zero.
 
 A snapshot is one operation on one provider (``ProviderPool.run``): its block
 choice and every call pinned to it go to the same node.  A malformed answer
@@ -31,6 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
 from service.chain.cross_check import CrossCheck
+from service.chain.deployless import AGGREGATOR, SENDER, deployless_aggregate3
 from service.chain.multicall import (
     BALANCE_OF,
     DECIMALS,
@@ -57,7 +63,7 @@ from service.chain.multicall import (
 )
 from service.chain.providers import Endpoint, HexData, ProviderFault, ProviderPool, RpcError
 from service.domain import BlockHeader, FeedPrice, FeedReading, Snapshot, Token
-from service.errors import ChainUnavailable, ConfigError
+from service.errors import ArchiveRequired, ChainUnavailable, ConfigError
 from service.settings import NetworkSettings
 
 __all__ = ["ChainReader"]
@@ -96,6 +102,10 @@ class ChainReader:
         self._pool = pool
         self._default_timeout = default_timeout  # for reads no caller put a deadline on
         self._has_multicall = True
+        # Multicall3 had code at every block from ``_code_since`` on (a read through it
+        # proved so), and none at any block up to ``_no_code_through`` (eth_getCode said).
+        self._code_since: int | None = None
+        self._no_code_through = -1
         self._highest_returned = 0  # monotonic reads: never answer with an older block
         self._cross_check = (
             CrossCheck(pool, network.verify_providers, _block_hash)
@@ -112,10 +122,13 @@ class ChainReader:
             for token in network.tokens
         )
         self._currencies = tuple(token.currency for token in network.tokens)
-        self._head = (
-            call_tuple(Call(multicall3, GET_BLOCK_NUMBER)),
-            call_tuple(Call(multicall3, GET_CURRENT_BLOCK_TIMESTAMP)),
+        self._head = _head_calls(multicall3)
+        # The same, for a deployless read: calls to the aggregator go to its temporary copy.
+        self._deployless_prefixes = tuple(
+            holder_call_prefix(AGGREGATOR, GET_ETH_BALANCE) if token.address is None else prefix
+            for token, prefix in zip(network.tokens, self._prefixes, strict=True)
         )
+        self._deployless_head = _head_calls(AGGREGATOR)
         self._feed_reads = tuple(
             _Extra(token, Call(token.price.address, selector), what)
             for token in network.tokens
@@ -150,7 +163,9 @@ class ChainReader:
             )
 
         self._has_multicall = bool(await self._run(code, self._default_timeout))
-        await self._check_tokens()
+        await self._check_tokens()  # reads through Multicall3: notes a block it had code at
+        if self._has_multicall and self._code_since is None:  # no token to check: the head
+            self._note_code(await self.head_number())
 
     async def _check_tokens(self) -> None:
         """``decimals()`` and ``symbol()`` of every ERC-20, read in one snapshot, against
@@ -227,16 +242,24 @@ class ChainReader:
         """Balances of every configured token for ``addresses`` (and feed prices) at one block.
 
         The block is the network's read block (tag, or head minus confirmations),
-        or ``block_number`` when a caller (the block follower) has chosen it.
+        or ``block_number`` when a caller (the block follower, a query of a past
+        block) has chosen it.  ``ArchiveRequired`` when every provider has pruned
+        that block's state.
         """
-        reads = self._plan(addresses, self._feed_reads if with_prices else ())
+        extra = self._feed_reads if with_prices else ()
+        reads = self._plan(addresses, extra)
 
         async def read(endpoint: Endpoint) -> Snapshot:
             if block_number is not None:
-                number, timestamp, results = await self._read_at(endpoint, reads, hex(block_number))
+                plan, deployless = reads, False
+                if self._has_multicall and not await self._aggregator_at(endpoint, block_number):
+                    plan, deployless = self._plan(addresses, extra, deployless=True), True
+                number, timestamp, results = await self._read_at(
+                    endpoint, plan, hex(block_number), deployless=deployless
+                )
                 if self._cross_check is not None:
                     await self._cross_check.verify(endpoint, number, timeout=timeout)
-                return self._assemble(reads, results, number, timestamp)
+                return self._assemble(plan, results, number, timestamp)
             block = await self._block_selector(endpoint)
             number, timestamp, results = await self._read_at(endpoint, reads, block)
             if number < self._highest_returned:
@@ -261,14 +284,47 @@ class ChainReader:
             self._highest_returned = number
             return snapshot
 
-        return await self._run(read, timeout)
+        try:
+            return await self._run(read, timeout)
+        except ChainUnavailable as exc:
+            if block_number is not None and exc.state_missing:
+                raise ArchiveRequired(self.network.name, block_number) from exc
+            raise
+
+    async def _aggregator_at(self, endpoint: Endpoint, number: int) -> bool:
+        """Whether Multicall3 had code at block ``number``: known, else ``eth_getCode``.
+        A reader that never saw it answer (not prepared) assumes it, as for any read."""
+        if self._code_since is None or number >= self._code_since:
+            return True
+        if number <= self._no_code_through:
+            return False
+        code = _data(
+            await endpoint.request("eth_getCode", [self.network.multicall3, hex(number)]),
+            "eth_getCode result",
+        )
+        if code:
+            self._note_code(number)
+            return True
+        self._no_code_through = max(self._no_code_through, number)
+        return False
+
+    def _note_code(self, number: int) -> None:
+        if self._code_since is None or number < self._code_since:
+            self._code_since = number
 
     async def _read_at(
-        self, endpoint: Endpoint, reads: _Plan, block: str
+        self, endpoint: Endpoint, reads: _Plan, block: str, *, deployless: bool = False
     ) -> tuple[int, int, list[CallResult]]:
-        """Every read of ``reads`` at ``block`` (a tag or a hex number) on one provider."""
-        read = self._read_multicall if self._has_multicall else self._read_batch
-        number, timestamp, results = await read(endpoint, reads, block)
+        """Every read of ``reads`` at ``block`` (a tag or a hex number) on one provider;
+        ``deployless``: through a temporary aggregator (``reads`` planned for it)."""
+        if deployless:
+            number, timestamp, results = await self._read_multicall(
+                endpoint, reads, block, deployless=True
+            )
+        elif self._has_multicall:
+            number, timestamp, results = await self._read_multicall(endpoint, reads, block)
+        else:
+            number, timestamp, results = await self._read_batch(endpoint, reads, block)
         if block.startswith("0x") and number != int(block, 16):
             raise ProviderFault(f"asked for block {int(block, 16)}, answered block {number}")
         return number, timestamp, results
@@ -300,7 +356,7 @@ class ChainReader:
         return hex(max(head - self.network.confirmations, 0))
 
     async def _read_multicall(
-        self, endpoint: Endpoint, reads: _Plan, block: str
+        self, endpoint: Endpoint, reads: _Plan, block: str, *, deployless: bool = False
     ) -> tuple[int, int, list[CallResult]]:
         tuples = reads.tuples
         # Cut by count and by calldata size; the head's two calls are small, so the
@@ -314,7 +370,9 @@ class ChainReader:
         if block.startswith("0x"):
             # Pinned already (the follower's block, or head minus confirmations): every
             # chunk goes at once.
-            every = await asyncio.gather(*(self._aggregate3(endpoint, c, block) for c in chunks))
+            every = await asyncio.gather(
+                *(self._aggregate3(endpoint, c, block, deployless=deployless) for c in chunks)
+            )
             first_results, more = every[0], every[1:]
         else:
             first_results = await self._aggregate3(endpoint, chunks[0], block)
@@ -326,22 +384,27 @@ class ChainReader:
             raise ProviderFault("Multicall3 block fields are malformed") from exc
         if block == "latest":
             endpoint.note_head(number)
+        if not deployless:
+            self._note_code(number)  # the aggregator answered at this block: it had code
         if not block.startswith("0x"):
             # The first call fixed the block; the remaining chunks are pinned to its number.
             more = await asyncio.gather(
                 *(self._aggregate3(endpoint, chunk, hex(number)) for chunk in chunks[1:])
             )
-        results = first_results[len(self._head) :]
+        results = first_results[_HEAD_CALLS:]
         for chunk_results in more:
             results.extend(chunk_results)
         return number, timestamp, results
 
-    def _plan(self, holders: Sequence[str], extra: tuple[_Extra, ...]) -> _Plan:
+    def _plan(
+        self, holders: Sequence[str], extra: tuple[_Extra, ...], *, deployless: bool = False
+    ) -> _Plan:
         """The reads, their calls encoded from the templates (a malformed address raises
-        ``ValueError`` here, before any provider is asked)."""
-        tuples = list(self._head)
+        ``ValueError`` here, before any provider is asked); ``deployless``: for a
+        temporary aggregator (``service.chain.deployless``)."""
+        tuples = list(self._deployless_head if deployless else self._head)
         extend = tuples.extend
-        prefixes = self._prefixes
+        prefixes = self._deployless_prefixes if deployless else self._prefixes
         for holder in holders:
             raw = holder_raw(holder)
             extend([holder_call_tuple(prefix, raw) for prefix in prefixes])
@@ -349,10 +412,15 @@ class ChainReader:
         return _Plan(holders, extra, tuples)
 
     async def _aggregate3(
-        self, endpoint: Endpoint, tuples: Sequence[bytes], block: str
+        self, endpoint: Endpoint, tuples: Sequence[bytes], block: str, *, deployless: bool = False
     ) -> list[CallResult]:
         """One ``aggregate3`` call; anything but a well-formed answer is the provider's fault."""
-        payload = {"to": self.network.multicall3, "data": HexData.of(encode_tuples(tuples))}
+        calldata = encode_tuples(tuples)
+        payload = (
+            {"from": SENDER, "data": HexData.of(deployless_aggregate3(calldata))}
+            if deployless
+            else {"to": self.network.multicall3, "data": HexData.of(calldata)}
+        )
         data = _data(await endpoint.request("eth_call", [payload, block]), "eth_call result")
         if not data:
             raise ProviderFault("Multicall3 returned no data")
@@ -476,6 +544,16 @@ class ChainReader:
             raise ChainUnavailable(
                 self.network.name, f"node refused {exc.method} (JSON-RPC error {exc.code})"
             ) from exc
+
+
+_HEAD_CALLS = 2  # getBlockNumber, getCurrentBlockTimestamp: first in every aggregate3 read
+
+
+def _head_calls(aggregator: str) -> tuple[bytes, bytes]:
+    return (
+        call_tuple(Call(aggregator, GET_BLOCK_NUMBER)),
+        call_tuple(Call(aggregator, GET_CURRENT_BLOCK_TIMESTAMP)),
+    )
 
 
 def _quantity(value: Any, what: str) -> int:

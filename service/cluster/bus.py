@@ -124,6 +124,10 @@ def encode_message(
             [c.network, c.address, c.currency, c.decimals, str(c.previous), str(c.current)]
             for c in changes
         ]
+        # Apart, so that a replica of the previous version still reads the changes.
+        corrections = [[i, c.reorg] for i, c in enumerate(changes) if c.reorg]
+        if corrections:
+            doc["reorgs"] = corrections
     else:
         doc["baselined"] = sorted(baselined or ())
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -143,9 +147,11 @@ def decode_message(
                 BalanceChange(str(n), str(a), str(c), int(d), int(p), int(v))
                 for n, a, c, d, p, v in doc["changes"]
             ]
+            for i, reorg in doc.get("reorgs", ()):
+                changes[int(i)] = changes[int(i)]._replace(reorg=int(reorg))
             return block, snapshot, changes, None
         return block, snapshot, None, [str(a) for a in doc["baselined"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a watch message ({type(exc).__name__})") from None
 
 

@@ -47,6 +47,8 @@ class WalletUpdate(NamedTuple):  # built per stream and block: a tuple builds fa
     balance: WalletBalance
     block_hash: str  # "" for the initial state (it may come from the cache)
     changes: tuple[BalanceChange, ...]  # since the consumer's previous message
+    # This state corrects one announced at a block a reorg replaced (see ``push``).
+    reorged: bool = False
 
 
 class WatchUpdate(NamedTuple):
@@ -55,6 +57,10 @@ class WatchUpdate(NamedTuple):
     wallets: tuple[WalletUpdate, ...]
     coalesced_updates: int
     initial: bool = False
+    # A customer watch's wallets deleted since the previous message (as last sent), and
+    # those registered since (not read yet: the watch reads them, then ``join_from``).
+    removed: tuple[WalletBalance, ...] = ()
+    joined: tuple[Wallet, ...] = ()
 
 
 class _Closed:
@@ -67,11 +73,12 @@ _CLOSED = _Closed()
 class _Offered:
     """One wallet's balance at one block, shared by every subscription watching the wallet."""
 
-    __slots__ = ("_updates", "balance", "block_hash")
+    __slots__ = ("_updates", "balance", "block_hash", "reorged")
 
-    def __init__(self, balance: WalletBalance, block_hash: str) -> None:
+    def __init__(self, balance: WalletBalance, block_hash: str, reorged: bool = False) -> None:
         self.balance = balance
         self.block_hash = block_hash
+        self.reorged = reorged
         # (previous state sent, the update from it); usually one entry.  Holding the
         # previous state keeps its id from being reused while it is a key here.
         self._updates: list[tuple[WalletBalance | None, WalletUpdate]] = []
@@ -81,7 +88,9 @@ class _Offered:
         for sent, update in self._updates:
             if sent is previous:
                 return update
-        update = WalletUpdate(self.balance, self.block_hash, _changes(previous, self.balance))
+        update = WalletUpdate(
+            self.balance, self.block_hash, _changes(previous, self.balance), self.reorged
+        )
         self._updates.append((previous, update))
         return update
 
@@ -101,6 +110,12 @@ class Subscription:
         }
         self._sent: dict[str, WalletBalance] = {}
         self._pending: dict[str, _Offered] = {}
+        # Customer watches: wallets that joined and await their first read (their pending
+        # states wait too), joined ones not yet handed out, and deleted ones to announce.
+        self._joining: set[str] = set()
+        self._joined: list[Wallet] = []
+        self._left: list[WalletBalance] = []
+        self.membership = 0  # moves whenever a wallet joins or leaves (``WatchHub.reconcile``)
         self._updates = 0
         self._wakeup = asyncio.Event()
         self._end: BalancesError | _Closed | None = None
@@ -131,12 +146,30 @@ class Subscription:
         news = False
         for offered in states:
             wallet_id = offered.balance.wallet.wallet_id
-            if wallet_id in self.wallets and self._is_news(wallet_id, offered.balance):
+            if wallet_id not in self.wallets:
+                continue
+            if offered.reorged:
+                news |= self._corrects(wallet_id, offered)
+            elif self._is_news(wallet_id, offered.balance):
                 self._pending[wallet_id] = offered
                 news = True
         if news:
             self._updates += 1
             self._wakeup.set()
+        elif not self._pending:
+            self._updates = 0  # a correction voided what was pending
+
+    def _corrects(self, wallet_id: str, offered: _Offered) -> bool:
+        """A reorg correction, whatever its block number (it may be at or below the
+        replaced one): news unless the consumer already holds its amounts; then what
+        is pending (replaced) is void, and later blocks are judged against this one."""
+        sent = self._sent.get(wallet_id)
+        if sent is not None and sent.amounts == offered.balance.amounts:
+            self._pending.pop(wallet_id, None)
+            self._sent[wallet_id] = offered.balance
+            return False
+        self._pending[wallet_id] = offered
+        return True
 
     def end(self, reason: BalancesError | None) -> None:
         """End the stream: with ``reason`` as its error, or normally (None)."""
@@ -145,27 +178,69 @@ class Subscription:
             self._wakeup.set()
 
     def drop_wallet(self, wallet_id: str) -> None:
+        """A customer watch announces the wallet's removal if its consumer was sent it."""
         wallet = self.wallets.pop(wallet_id, None)
         if wallet is not None:
             self._at.pop((wallet.network, wallet.address), None)
         self._pending.pop(wallet_id, None)
-        self._sent.pop(wallet_id, None)
+        self.membership += 1
+        sent = self._sent.pop(wallet_id, None)
+        self._joining.discard(wallet_id)
+        self._joined = [w for w in self._joined if w.wallet_id != wallet_id]
+        if sent is not None and self.customer_id is not None:
+            self._left.append(sent)
+            self._wakeup.set()
+
+    def add_wallet(self, wallet: Wallet) -> bool:
+        """A wallet registered to a customer watch's customer joins it (False: it has it,
+        or the stream ended); the consumer is handed it to read (``WatchUpdate.joined``)."""
+        key = (wallet.network, wallet.address)
+        if self._end is not None or wallet.wallet_id in self.wallets or key in self._at:
+            return False
+        self.wallets[wallet.wallet_id] = wallet
+        self._at[key] = wallet
+        self.membership += 1
+        self._joining.add(wallet.wallet_id)
+        self._joined.append(wallet)
+        self._wakeup.set()
+        return True
+
+    def join_from(self, balances: Iterable[WalletBalance]) -> None:
+        """The first state of joined wallets, as given to the consumer: pending states of
+        theirs that are not newer are dropped, the newer ones now go out."""
+        for balance in balances:
+            wallet_id = balance.wallet.wallet_id
+            if wallet_id not in self._joining:
+                continue  # deleted meanwhile
+            self._joining.discard(wallet_id)
+            self._sent[wallet_id] = balance
+            offered = self._pending.pop(wallet_id, None)
+            if offered is not None and self._is_news(wallet_id, offered.balance):
+                self._pending[wallet_id] = offered
+                self._updates = max(self._updates, 1)
+                self._wakeup.set()
 
     async def next(self) -> WatchUpdate | None:
         """The next update (waiting for one); None when the hub closed; raises on a deletion.
 
         Pending updates are delivered before an end, except a deletion: a
-        deleted wallet's stream ends at once.
+        deleted wallet's stream ends at once (a customer watch first announces
+        the removal of its last wallet).
         """
         while True:
-            if isinstance(self._end, BalancesError):
+            if isinstance(self._end, BalancesError) and not self._left:
                 raise self._end
-            if self._pending:
+            if self._left or self._joined or self._takeable():
                 return self._take()
             if self._end is not None:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def _takeable(self) -> bool:
+        if not self._joining:
+            return bool(self._pending)
+        return any(wallet_id not in self._joining for wallet_id in self._pending)
 
     def _take(self) -> WatchUpdate:
         pending, self._pending = self._pending, {}
@@ -173,9 +248,16 @@ class Subscription:
         sent = self._sent
         wallets = []
         for wallet_id, offered in pending.items():
+            if wallet_id in self._joining:
+                self._pending[wallet_id] = offered  # goes out after the wallet's first read
+                continue
             wallets.append(offered.update_from(sent.get(wallet_id)))
             sent[wallet_id] = offered.balance
-        return WatchUpdate(tuple(wallets), coalesced_updates=max(updates - 1, 0))
+        if not self._left and not self._joined:
+            return WatchUpdate(tuple(wallets), coalesced_updates=max(updates - 1, 0))
+        left, self._left = tuple(self._left), []
+        joined, self._joined = tuple(self._joined), []
+        return WatchUpdate(tuple(wallets), max(updates - 1, 0), removed=left, joined=joined)
 
     def _is_news(self, wallet_id: str, balance: WalletBalance) -> bool:
         """Newer than and different from what the consumer has or is about to get."""
@@ -184,8 +266,9 @@ class Subscription:
         if reference is None:
             return True
         # The amounts come in the network's token order; each compares currency and raw.
+        # The same height counts as newer: a block that replaced it in a reorg.
         return (
-            balance.block_number > reference.block_number and balance.amounts != reference.amounts
+            balance.block_number >= reference.block_number and balance.amounts != reference.amounts
         )
 
 
@@ -196,6 +279,7 @@ class WatchHub:
         self._describe = describe
         self._get_wallet = get_wallet
         self._by_address: dict[tuple[str, str], set[Subscription]] = {}
+        self._customers: dict[tuple[str, str], set[Subscription]] = {}  # (tenant, customer)
         self._closed = False
 
     # --- subscriptions ------------------------------------------------------------------
@@ -210,9 +294,18 @@ class WatchHub:
             return subscription
         for wallet in wallets:
             self._by_address.setdefault((wallet.network, wallet.address), set()).add(subscription)
+        if customer_id is not None:
+            self._customers.setdefault((tenant, customer_id), set()).add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription.customer_id is not None:
+            customer = (subscription.tenant, subscription.customer_id)
+            streams = self._customers.get(customer)
+            if streams is not None:
+                streams.discard(subscription)
+                if not streams:
+                    del self._customers[customer]
         for wallet in subscription.wallets.values():
             key = (wallet.network, wallet.address)
             watchers = self._by_address.get(key)
@@ -231,7 +324,16 @@ class WatchHub:
             for subscription in list(watchers):
                 subscription.end(None)
 
-    # --- deletions ----------------------------------------------------------------------
+    # --- registrations and deletions ----------------------------------------------------
+
+    async def wallet_registered(self, wallet: Wallet) -> None:
+        """The customer's watches take the new wallet in (idempotent: the bus may repeat it)."""
+        if self._closed:
+            return
+        for subscription in list(self._customers.get((wallet.tenant, wallet.customer_id), ())):
+            if subscription.add_wallet(wallet):
+                key = (wallet.network, wallet.address)
+                self._by_address.setdefault(key, set()).add(subscription)
 
     async def wallet_deleted(self, wallet: Wallet) -> None:
         """End (or, for a customer watch, shrink) every subscription watching ``wallet``."""
@@ -239,6 +341,24 @@ class WatchHub:
             watched = subscription.wallets.get(wallet.wallet_id)
             if watched is not None and watched.tenant == wallet.tenant:
                 self._remove_wallet(subscription, watched)
+
+    async def reconcile(
+        self, subscription: Subscription, listed: Collection[Wallet], since: int
+    ) -> None:
+        """Make a customer watch hold the customer's wallets as ``listed`` by the directory
+        (a lookup begun at ``subscription.membership == since``): what this process was not
+        told of (another replica's registration or deletion, a CLI import).  A lookup that
+        raced a join or a leave here proves nothing and is ignored: the next one decides."""
+        if subscription.membership != since or subscription.ended:
+            return
+        listed_ids = {w.wallet_id for w in listed}
+        for wallet in list(subscription.wallets.values()):
+            if wallet.wallet_id not in listed_ids:
+                self._remove_wallet(subscription, wallet)
+        for wallet in listed:
+            if wallet.wallet_id not in subscription.wallets and subscription.add_wallet(wallet):
+                key = (wallet.network, wallet.address)
+                self._by_address.setdefault(key, set()).add(subscription)
 
     async def address_released(self, network: str, address: str) -> None:
         """A wallet at (network, address) was deleted: find which by asking the directory."""
@@ -291,7 +411,9 @@ class WatchHub:
     async def balances_changed(
         self, block: BlockRef, changes: Sequence[BalanceChange], snapshot: Snapshot
     ) -> None:
-        self._offer(block, {c.address for c in changes if c.network == block.network}, snapshot)
+        addresses = {c.address for c in changes if c.network == block.network}
+        corrected = {c.address for c in changes if c.reorg and c.network == block.network}
+        self._offer(block, addresses, snapshot, corrected)
 
     async def balances_baselined(
         self, block: BlockRef, addresses: Collection[str], snapshot: Snapshot
@@ -299,8 +421,15 @@ class WatchHub:
         """First reads of addresses: a subscriber whose initial state was stale learns the truth."""
         self._offer(block, addresses, snapshot)
 
-    def _offer(self, block: BlockRef, addresses: Iterable[str], snapshot: Snapshot) -> None:
-        """Each watched wallet described once; each subscription pushed once (one update)."""
+    def _offer(
+        self,
+        block: BlockRef,
+        addresses: Iterable[str],
+        snapshot: Snapshot,
+        corrected: Collection[str] = (),
+    ) -> None:
+        """Each watched wallet described once; each subscription pushed once (one update).
+        The wallets at ``corrected`` addresses are offered as reorg corrections."""
         network, balances = block.network, snapshot.balances
         offered: dict[tuple[str, str], _Offered] = {}  # by (tenant, wallet ID)
         several: dict[Subscription, list[_Offered]] = {}  # customer watches, pushed last
@@ -315,7 +444,9 @@ class WatchHub:
                 key = (wallet.tenant, wallet.wallet_id)
                 state = offered.get(key)
                 if state is None:
-                    state = offered[key] = _Offered(self._describe(wallet, snapshot), block.hash)
+                    state = offered[key] = _Offered(
+                        self._describe(wallet, snapshot), block.hash, address in corrected
+                    )
                 if len(subscription.wallets) == 1:
                     subscription.push((state,))  # its only wallet: nothing else to wait for
                 else:

@@ -32,6 +32,10 @@ class WebhookEmitter:
     (``payload.event_id``): detected again (a new leader reading the block after a
     crash), it has the same id and the outbox keeps the first row, so its
     ``createdAt``, and with it the payload, is the one first stored.
+
+    A reorg correction (``change.reorg``) is a new event with its own id; its outbox
+    key is the block hash with the reorg number, so it is kept even where the chain
+    went back to a block with an event for that wallet and currency already.
     """
 
     def __init__(
@@ -83,7 +87,7 @@ class WebhookEmitter:
                 network=block.network,
                 currency=change.currency,
                 block_number=block.number,
-                block_hash=block.hash,
+                block_hash=_outbox_key(block, change),
                 payload=balance_updated_body(
                     wallet_id=wallet.wallet_id,
                     customer_id=wallet.customer_id,
@@ -106,6 +110,12 @@ class WebhookEmitter:
         )
         if added and self._on_enqueued is not None:
             self._on_enqueued()
+
+
+def _outbox_key(block: BlockRef, change: BalanceChange) -> str:
+    """What the outbox deduplicates a (wallet, currency) on: the block hash, and for a
+    correction the reorg too (the hash alone may name an event the reorg corrects)."""
+    return f"{block.hash}#reorg{change.reorg}" if change.reorg else block.hash
 
 
 if TYPE_CHECKING:

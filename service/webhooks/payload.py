@@ -27,7 +27,9 @@ def event_id(tenant: str, wallet_id: str, block: BlockRef, change: BalanceChange
 
     Derived from the change itself (128 bits of SHA-256), so whichever process
     detects it, and however often (a new leader reading the block again after a
-    crash), it is enqueued under one id, which the outbox keeps once.
+    crash), it is enqueued under one id, which the outbox keeps once.  A reorg
+    correction's id also covers its reorg number: never the id of an earlier event,
+    even one with the same block, amounts and wallet (a chain flipping back).
     """
     fields = [
         BALANCE_UPDATED,
@@ -39,6 +41,8 @@ def event_id(tenant: str, wallet_id: str, block: BlockRef, change: BalanceChange
         str(change.previous),
         str(change.current),
     ]
+    if change.reorg:  # ordinary ids stay as they always were
+        fields += ["reorg", str(change.reorg)]
     digest = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
     return "msg_" + digest[:32]
 
@@ -59,7 +63,8 @@ def balance_updated_body(
     """The JSON body of one ``balance.updated`` event: compact, keys in a fixed order.
 
     This string is stored once and is, byte for byte, what is signed and sent on
-    every attempt.
+    every attempt.  A reorg correction adds ``"reorged": true``: ``previous_balance``
+    is then the announced value a reorg replaced, ``balance`` the canonical one.
     """
     body: dict[str, Any] = {
         "type": BALANCE_UPDATED,
@@ -73,6 +78,7 @@ def balance_updated_body(
             "block_number": block.number,
             "block_hash": block.hash,
             "timestamp": rfc3339(datetime.fromtimestamp(block.timestamp, UTC)),
+            **({"reorged": True} if change.reorg else {}),
         },
         "createdAt": int(created_at.timestamp() * 1000),
     }

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration]
 
 PROTOS = ROOT / "protos"
 BALANCES = Path("balances/v1/balances.proto")
-FIELD = "  string wallet_id = 1;\n}\n\n// GetWalletBalanceResponse"
+FIELD = "  string wallet_id = 1;\n  // When to read the balances; neither: now (the network's"
 
 
 def edited_copy(dest: Path, old: str, new: str) -> Path:
@@ -46,7 +46,7 @@ def test_a_renumbered_field_is_a_breaking_change(tmp_path: Path) -> None:
 
 
 def test_an_added_field_is_compatible(tmp_path: Path) -> None:
-    added = FIELD.replace("= 1;\n", "= 1;\n  // A new optional hint.\n  string hint = 2;\n")
+    added = FIELD.replace("= 1;\n", "= 1;\n  // A new optional hint.\n  string hint = 9;\n")
     done = breaking(edited_copy(tmp_path / "protos", FIELD, added), PROTOS)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == ""

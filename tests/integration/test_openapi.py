@@ -62,11 +62,21 @@ def test_balances_document_has_both_paths_with_their_path_parameter() -> None:
     assert set(wallet) == set(customer) == {"get"}
     assert wallet["get"]["operationId"] == "BalancesService_GetWalletBalance"
     assert customer["get"]["operationId"] == "BalancesService_GetCustomerBalances"
+    as_of = [  # the request's other fields, by query (a oneof: one or the other)
+        {
+            "name": "atBlock",
+            "in": "query",
+            "schema": {"type": "string", "format": "uint64", "pattern": "^[0-9]+$"},
+        },
+        {"name": "atTime", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    ]
     assert wallet["get"]["parameters"] == [
-        {"name": "walletId", "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": "walletId", "in": "path", "required": True, "schema": {"type": "string"}},
+        *as_of,
     ]
     assert customer["get"]["parameters"] == [
-        {"name": "customerId", "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": "customerId", "in": "path", "required": True, "schema": {"type": "string"}},
+        *as_of,
     ]
     assert "requestBody" not in wallet["get"]
     assert ok_schema(document, WALLET_PATH) == component("balances.v1.GetWalletBalanceResponse")

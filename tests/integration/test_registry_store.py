@@ -422,13 +422,13 @@ async def test_migrates_an_empty_database(db_path: Path) -> None:
     await asyncio.to_thread(db_path.touch)  # an existing, empty file
     stores = await open_sqlite_stores(db_path)
     try:
-        assert await stores.database.schema_version() == len(MIGRATIONS) == 6
+        assert await stores.database.schema_version() == len(MIGRATIONS) == 7
         key = new_api_key()
         await stores.api_keys.add_key(key.key_id, TENANT_A, key.digest)
     finally:
         await stores.aclose()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == 6
+        assert schema_version(connection) == 7
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         assert {"wallets", "api_keys", "wallets_by_customer_page"} <= tables
         columns = [row[1] for row in connection.execute("PRAGMA table_info(api_keys)")]
@@ -448,7 +448,7 @@ async def test_migrates_a_version_1_database_keeping_its_wallets(db_path: Path) 
         )
     stores = await open_sqlite_stores(db_path)
     try:
-        assert await stores.database.schema_version() == 6
+        assert await stores.database.schema_version() == 7
         old = await stores.wallets.list_wallets(TENANT_A, "cus_1", after=None, limit=10)
         assert [w.wallet_id for w in old] == ["wal_old_1", "wal_old_2"]
         assert old[0].created_at == datetime(2023, 5, 1, tzinfo=UTC)

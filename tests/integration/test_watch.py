@@ -215,7 +215,9 @@ async def test_many_watchers_of_one_wallet_cost_one_snapshot_per_block(
         snapshots = follower.snapshots_read - reads_before
         calls = stack.eth_calls()["polygon"]
         print(f"5 blocks, 3 wallet watches + 1 customer watch + 1 listener: {calls} eth_calls")
-        assert snapshots == 5 and calls == 5  # one eth_call per block, not one per watcher
+        # One eth_call per block, not one per watcher; and one for the customer total's POL
+        # price at that block (wal_w1 holds POL), shared by every customer watch.
+        assert snapshots == 5 and calls == 5 + 5
         assert webhooks.blocks == blocks
         for watch in [*watches, customer]:
             watch.call.cancel()
@@ -344,7 +346,9 @@ async def test_deleting_the_wallet_ends_its_watch_with_not_found(
         await asyncio.wait_for(watch.ended.wait(), 5)
         assert watch.error is not None and watch.error.code() == grpc.StatusCode.NOT_FOUND
         assert "wal_w2" in (watch.error.details() or "")
-        # The customer watch goes on with its other wallet.
+        # The customer watch lists it once more, removed, and goes on with its other wallet.
+        removal = await customer.next()
+        assert [(w.wallet_id, w.removed) for w in removal.wallets] == [("wal_w2", True)]
         assert not customer.ended.is_set()
         await asyncio.sleep(3 * POLL)
         block = await send_usdc(stack, holder(1), 5_000)

@@ -9,6 +9,7 @@ from service.api.services import API_SERVICES
 from service.api.status import status_for
 from service.errors import (
     AddressTaken,
+    ArchiveRequired,
     BalancesError,
     ChainUnavailable,
     CustomerNotFound,
@@ -34,6 +35,7 @@ def _instance(kind: type[BalancesError]) -> BalancesError:
         WalletNotFound: WalletNotFound("wal_x"),
         CustomerNotFound: CustomerNotFound("cus_x"),
         ChainUnavailable: ChainUnavailable("polygon", "down"),
+        ArchiveRequired: ArchiveRequired("polygon", 12),
         RateLimited: RateLimited("key over its rate", retry_after=1.5),
         AddressTaken: AddressTaken("polygon", "0x" + "ab" * 20),
         FeatureDisabled: FeatureDisabled("watch", "watching is not enabled"),

@@ -185,7 +185,7 @@ async def test_migrates_empty_database_and_reopens(db_path: Path) -> None:
     finally:
         await stores.aclose()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == len(MIGRATIONS) == 6
+        assert schema_version(connection) == len(MIGRATIONS) == 7
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(wallets)")}
         assert "wallets_by_customer" in indexes
@@ -196,7 +196,7 @@ async def test_migrates_empty_database_and_reopens(db_path: Path) -> None:
     finally:
         await reopened.aclose()
     with closing(sqlite3.connect(db_path)) as connection:
-        assert schema_version(connection) == 6
+        assert schema_version(connection) == 7
 
 
 def test_adding_a_migration_applies_only_the_new_step(tmp_path: Path) -> None:

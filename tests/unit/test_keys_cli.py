@@ -189,7 +189,7 @@ def test_db_migrate_brings_a_version_1_database_to_the_latest(config: Path) -> N
         assert stdout.strip().endswith(f"schema version {len(MIGRATIONS)}")
         assert "wallets.sqlite3" in stdout
     with closing(sqlite3.connect(path)) as connection:
-        assert schema_version(connection) == len(MIGRATIONS) == 6
+        assert schema_version(connection) == len(MIGRATIONS) == 7
         assert connection.execute("SELECT wallet_id FROM wallets").fetchall() == [("wal_1",)]
 
 

@@ -520,3 +520,25 @@ def test_calldata_spliced_into_the_body_is_the_json_of_the_body(to: str) -> None
     assert _encoded(body) == json.dumps(body).encode()
     plain = {**body, "params": [{**call, "data": str(call["data"])}, "latest"]}
     assert _encoded(plain) == _encoded(body)  # a plain str is dumped as before
+
+
+@pytest.mark.parametrize(
+    ("message", "rests"),
+    [
+        ("missing trie node 1a2b3c (path )", False),
+        ("historical state 0xabc is not available", False),
+        ("state at block 12 is not available, pruned", False),
+        ("header not found", True),  # may be a node behind: rests as before
+    ],
+)
+def test_a_pruned_state_is_a_fault_saying_so(message: str, rests: bool) -> None:
+    with pytest.raises(ProviderFault) as caught:
+        _result(error(-32000, message), "eth_call")
+    assert caught.value.state_missing and caught.value.rest is rests
+
+
+def test_other_faults_are_not_a_pruned_state() -> None:
+    for message in ("the method eth_call does not exist/is not available", "rate limit"):
+        with pytest.raises(ProviderFault) as caught:
+            _result(error(-32601, message), "eth_call")
+        assert not caught.value.state_missing

@@ -294,6 +294,25 @@ async def test_a_cancelled_wait_gives_its_reserved_token_back() -> None:
 
 
 @aio
+async def test_a_call_cancelled_while_waiting_for_its_token_gives_its_place_back() -> None:
+    never = asyncio.Event()
+
+    async def stuck(seconds: float) -> None:
+        await never.wait()
+
+    limits = MemoryCallQuotas(QuotaPolicy(QUOTA), Clock(), stuck)
+    for _ in range(QUOTA.burst):
+        await call(limits)
+    waiting = asyncio.create_task(call(limits, time_left=None))
+    await asyncio.sleep(0)
+    assert limits.in_use("k1") == (1, 0)  # counted in while it waits for its token
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert limits.in_use("k1") == (0, 0)
+
+
+@aio
 async def test_a_held_call_with_no_room_by_then_is_refused_with_the_delay_left() -> None:
     limits, clock = quotas(SLOW)
     await call(limits)

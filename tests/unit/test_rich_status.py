@@ -21,6 +21,7 @@ from service.api.status import (
 )
 from service.errors import (
     AddressTaken,
+    ArchiveRequired,
     BalancesError,
     ChainUnavailable,
     CustomerNotFound,
@@ -164,6 +165,20 @@ def test_every_reason_is_in_the_readme_table_with_its_code() -> None:
             "CHAIN_UNAVAILABLE",
             {"network": "polygon"},
             ["ErrorInfo", "RetryInfo"],
+        ),
+        (
+            ArchiveRequired("polygon", 12),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "ARCHIVE_NODE_REQUIRED",
+            {"network": "polygon", "block": "12"},
+            ["ErrorInfo", "PreconditionFailure"],
+        ),
+        (
+            InvalidArgument("at_block 9 is after the newest block", field="at_block"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_AT_BLOCK",
+            {"field": "at_block"},
+            ["ErrorInfo", "BadRequest"],
         ),
         (
             PriceUnavailable("ethereum", "ETH", "stale"),

@@ -127,8 +127,8 @@ def test_refused_urls(url: str, reason: str) -> None:
 async def test_migrations_add_webhook_and_follower_tables(
     stores: SqliteStores, tmp_path: Path
 ) -> None:
-    assert await stores.database.schema_version() == len(MIGRATIONS) == 6
+    assert await stores.database.schema_version() == len(MIGRATIONS) == 7
     with closing(sqlite3.connect(tmp_path / "wallets.sqlite3")) as connection:
-        assert schema_version(connection) == 6
+        assert schema_version(connection) == 7
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"webhook_configs", "webhook_outbox", "follower_state"} <= tables

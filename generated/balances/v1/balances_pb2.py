@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61lances/v1/balances.proto\x12\x0b\x62\x61lances.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x17GetWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xd1\x01\n\x18GetWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\x05stale\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\"B\n\x0cTokenBalance\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x03 \x01(\r\"1\n\x1aGetCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x8b\x01\n\x1bGetCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12,\n\x07wallets\x18\x03 \x03(\x0b\x32\x1b.balances.v1.CustomerWallet\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xd8\x01\n\x0e\x43ustomerWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\".\n\x19WatchWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xc0\x02\n\x1aWatchWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\nblock_hash\x18\x06 \x01(\t\x12+\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x19\n\x11\x63oalesced_updates\x18\x08 \x01(\r\x12\x0f\n\x07initial\x18\t \x01(\x08\x12\x12\n\x05stale\x18\n \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\"\\\n\rBalanceChange\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x17\n\x0fprevious_amount\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x04 \x01(\r\"3\n\x1cWatchCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xb8\x01\n\x1dWatchCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12+\n\x07wallets\x18\x03 \x03(\x0b\x32\x1a.balances.v1.WatchedWallet\x12\x19\n\x11\x63oalesced_updates\x18\x04 \x01(\r\x12\x0f\n\x07initial\x18\x05 \x01(\x08\"\x98\x02\n\rWatchedWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\nblock_hash\x18\x07 \x01(\t\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x12\n\x05stale\x18\t \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale2\xf5\x04\n\x0f\x42\x61lancesService\x12\x88\x01\n\x10GetWalletBalance\x12$.balances.v1.GetWalletBalanceRequest\x1a%.balances.v1.GetWalletBalanceResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/wallets/{wallet_id}/balance\x12\x96\x01\n\x13GetCustomerBalances\x12\'.balances.v1.GetCustomerBalancesRequest\x1a(.balances.v1.GetCustomerBalancesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/balances\x12\x96\x01\n\x12WatchWalletBalance\x12&.balances.v1.WatchWalletBalanceRequest\x1a\'.balances.v1.WatchWalletBalanceResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/wallets/{wallet_id}/balance:watch0\x01\x12\xa4\x01\n\x15WatchCustomerBalances\x12).balances.v1.WatchCustomerBalancesRequest\x1a*.balances.v1.WatchCustomerBalancesResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/customers/{customer_id}/balances:watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x61lances/v1/balances.proto\x12\x0b\x62\x61lances.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x17GetWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x12\n\x08\x61t_block\x18\x02 \x01(\x04H\x00\x12-\n\x07\x61t_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05\x61s_of\"\xd1\x01\n\x18GetWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\x05stale\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\"B\n\x0cTokenBalance\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x03 \x01(\r\"}\n\x1aGetCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x12\n\x08\x61t_block\x18\x02 \x01(\x04H\x00\x12-\n\x07\x61t_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05\x61s_of\"\x8b\x01\n\x1bGetCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12,\n\x07wallets\x18\x03 \x03(\x0b\x32\x1b.balances.v1.CustomerWallet\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xd8\x01\n\x0e\x43ustomerWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\x05stale\x18\x07 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_stale\".\n\x19WatchWalletBalanceRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"\xe2\x02\n\x1aWatchWalletBalanceResponse\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12+\n\x08\x62\x61lances\x18\x03 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x05 \x01(\x04\x12\x12\n\nblock_hash\x18\x06 \x01(\t\x12+\n\x07\x63hanges\x18\x07 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x19\n\x11\x63oalesced_updates\x18\x08 \x01(\r\x12\x0f\n\x07initial\x18\t \x01(\x08\x12\x12\n\x05stale\x18\n \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07reorged\x18\x0b \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06_staleB\n\n\x08_reorged\"\\\n\rBalanceChange\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x17\n\x0fprevious_amount\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63imals\x18\x04 \x01(\r\"3\n\x1cWatchCustomerBalancesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xe2\x01\n\x1dWatchCustomerBalancesResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12)\n\rtotal_balance\x18\x02 \x01(\x0b\x32\x12.balances.v1.Money\x12+\n\x07wallets\x18\x03 \x03(\x0b\x32\x1a.balances.v1.WatchedWallet\x12\x19\n\x11\x63oalesced_updates\x18\x04 \x01(\r\x12\x0f\n\x07initial\x18\x05 \x01(\x08\x12\x18\n\x0btotal_stale\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_total_stale\"\xdc\x02\n\rWatchedWallet\x12\x11\n\twallet_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12+\n\x08\x62\x61lances\x18\x04 \x03(\x0b\x32\x19.balances.v1.TokenBalance\x12\x30\n\x0clast_updated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62lock_number\x18\x06 \x01(\x04\x12\x12\n\nblock_hash\x18\x07 \x01(\t\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.balances.v1.BalanceChange\x12\x12\n\x05stale\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07removed\x18\n \x01(\x08H\x01\x88\x01\x01\x12\x14\n\x07reorged\x18\x0b \x01(\x08H\x02\x88\x01\x01\x42\x08\n\x06_staleB\n\n\x08_removedB\n\n\x08_reorged2\xf5\x04\n\x0f\x42\x61lancesService\x12\x88\x01\n\x10GetWalletBalance\x12$.balances.v1.GetWalletBalanceRequest\x1a%.balances.v1.GetWalletBalanceResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/wallets/{wallet_id}/balance\x12\x96\x01\n\x13GetCustomerBalances\x12\'.balances.v1.GetCustomerBalancesRequest\x1a(.balances.v1.GetCustomerBalancesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/balances\x12\x96\x01\n\x12WatchWalletBalance\x12&.balances.v1.WatchWalletBalanceRequest\x1a\'.balances.v1.WatchWalletBalanceResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/wallets/{wallet_id}/balance:watch0\x01\x12\xa4\x01\n\x15WatchCustomerBalances\x12).balances.v1.WatchCustomerBalancesRequest\x1a*.balances.v1.WatchCustomerBalancesResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/customers/{customer_id}/balances:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,31 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BALANCESSERVICE'].methods_by_name['WatchCustomerBalances']._loaded_options = None
   _globals['_BALANCESSERVICE'].methods_by_name['WatchCustomerBalances']._serialized_options = b'\202\323\344\223\002,\022*/v1/customers/{customer_id}/balances:watch'
   _globals['_GETWALLETBALANCEREQUEST']._serialized_start=106
-  _globals['_GETWALLETBALANCEREQUEST']._serialized_end=150
-  _globals['_GETWALLETBALANCERESPONSE']._serialized_start=153
-  _globals['_GETWALLETBALANCERESPONSE']._serialized_end=362
-  _globals['_TOKENBALANCE']._serialized_start=364
-  _globals['_TOKENBALANCE']._serialized_end=430
-  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_start=432
-  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_end=481
-  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_start=484
-  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_end=623
-  _globals['_MONEY']._serialized_start=625
-  _globals['_MONEY']._serialized_end=666
-  _globals['_CUSTOMERWALLET']._serialized_start=669
-  _globals['_CUSTOMERWALLET']._serialized_end=885
-  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_start=887
-  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_end=933
-  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_start=936
-  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_end=1256
-  _globals['_BALANCECHANGE']._serialized_start=1258
-  _globals['_BALANCECHANGE']._serialized_end=1350
-  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_start=1352
-  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_end=1403
-  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_start=1406
-  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_end=1590
-  _globals['_WATCHEDWALLET']._serialized_start=1593
-  _globals['_WATCHEDWALLET']._serialized_end=1873
-  _globals['_BALANCESSERVICE']._serialized_start=1876
-  _globals['_BALANCESSERVICE']._serialized_end=2505
+  _globals['_GETWALLETBALANCEREQUEST']._serialized_end=226
+  _globals['_GETWALLETBALANCERESPONSE']._serialized_start=229
+  _globals['_GETWALLETBALANCERESPONSE']._serialized_end=438
+  _globals['_TOKENBALANCE']._serialized_start=440
+  _globals['_TOKENBALANCE']._serialized_end=506
+  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_start=508
+  _globals['_GETCUSTOMERBALANCESREQUEST']._serialized_end=633
+  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_start=636
+  _globals['_GETCUSTOMERBALANCESRESPONSE']._serialized_end=775
+  _globals['_MONEY']._serialized_start=777
+  _globals['_MONEY']._serialized_end=818
+  _globals['_CUSTOMERWALLET']._serialized_start=821
+  _globals['_CUSTOMERWALLET']._serialized_end=1037
+  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_start=1039
+  _globals['_WATCHWALLETBALANCEREQUEST']._serialized_end=1085
+  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_start=1088
+  _globals['_WATCHWALLETBALANCERESPONSE']._serialized_end=1442
+  _globals['_BALANCECHANGE']._serialized_start=1444
+  _globals['_BALANCECHANGE']._serialized_end=1536
+  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_start=1538
+  _globals['_WATCHCUSTOMERBALANCESREQUEST']._serialized_end=1589
+  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_start=1592
+  _globals['_WATCHCUSTOMERBALANCESRESPONSE']._serialized_end=1818
+  _globals['_WATCHEDWALLET']._serialized_start=1821
+  _globals['_WATCHEDWALLET']._serialized_end=2169
+  _globals['_BALANCESSERVICE']._serialized_start=2172
+  _globals['_BALANCESSERVICE']._serialized_end=2801
 # @@protoc_insertion_point(module_scope)

@@ -26,18 +26,35 @@ class GetWalletBalanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WALLET_ID_FIELD_NUMBER: _builtins.int
+    AT_BLOCK_FIELD_NUMBER: _builtins.int
+    AT_TIME_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID: "wal_" followed by 1-64 letters, digits or underscores."""
+    at_block: _builtins.int
+    """A past block of the wallet's network, by number (REST: ?atBlock=). A
+    block after the network's head is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def at_time(self) -> _timestamp_pb2.Timestamp:
+        """A past time (REST: ?atTime= in RFC 3339): the balances at the last block
+        whose timestamp is at or before it. A time after both the clock and the
+        newest block, or before the first block, is INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         wallet_id: _builtins.str = ...,
+        at_block: _builtins.int = ...,
+        at_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "at_block", b"at_block", "at_time", b"at_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "at_block", b"at_block", "at_time", b"at_time", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_as_of: _TypeAlias = _typing.Literal["at_block", "at_time"]  # noqa: Y015
+    _WhichOneofArgType_as_of: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_as_of) -> _WhichOneofReturnType_as_of | None: ...
 
 Global___GetWalletBalanceRequest: _TypeAlias = GetWalletBalanceRequest  # noqa: Y015
 
@@ -130,18 +147,35 @@ class GetCustomerBalancesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    AT_BLOCK_FIELD_NUMBER: _builtins.int
+    AT_TIME_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer's ID: "cus_" followed by 1-64 letters, digits or underscores."""
+    at_block: _builtins.int
+    """A past block number (REST: ?atBlock=), the same number on every network
+    of the customer. A block after a network's head is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def at_time(self) -> _timestamp_pb2.Timestamp:
+        """A past time (REST: ?atTime= in RFC 3339): each network is read at its own
+        last block whose timestamp is at or before it (each wallet's block_number
+        and last_updated name it), and prices come from the feeds at that block.
+        """
+
     def __init__(
         self,
         *,
         customer_id: _builtins.str = ...,
+        at_block: _builtins.int = ...,
+        at_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "at_block", b"at_block", "at_time", b"at_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "at_block", b"at_block", "at_time", b"at_time", "customer_id", b"customer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_as_of: _TypeAlias = _typing.Literal["at_block", "at_time"]  # noqa: Y015
+    _WhichOneofArgType_as_of: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_as_of) -> _WhichOneofReturnType_as_of | None: ...
 
 Global___GetCustomerBalancesRequest: _TypeAlias = GetCustomerBalancesRequest  # noqa: Y015
 
@@ -303,6 +337,7 @@ class WatchWalletBalanceResponse(_message.Message):
     COALESCED_UPDATES_FIELD_NUMBER: _builtins.int
     INITIAL_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    REORGED_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID, as asked for."""
     network: _builtins.str
@@ -325,6 +360,13 @@ class WatchWalletBalanceResponse(_message.Message):
     old; block_number and last_updated tell its age. Only ever on the first
     message (later ones are fresh reads); unset (false) otherwise, and then
     absent from JSON.
+    """
+    reorged: _builtins.bool
+    """True when this message corrects a balance announced at a block that a
+    reorg replaced: the balances are the canonical ones at block_number (which
+    may be at or below the replaced block's), and changes are, as always,
+    relative to the previous message. Apply messages in order. Unset (false)
+    otherwise, and then absent from JSON.
     """
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
@@ -353,13 +395,19 @@ class WatchWalletBalanceResponse(_message.Message):
         coalesced_updates: _builtins.int = ...,
         initial: _builtins.bool = ...,
         stale: _builtins.bool | None = ...,
+        reorged: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "last_updated", b"last_updated", "stale", b"stale"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reorged", b"_reorged", "_stale", b"_stale", "last_updated", b"last_updated", "reorged", b"reorged", "stale", b"stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "coalesced_updates", b"coalesced_updates", "initial", b"initial", "last_updated", b"last_updated", "network", b"network", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reorged", b"_reorged", "_stale", b"_stale", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "coalesced_updates", b"coalesced_updates", "initial", b"initial", "last_updated", b"last_updated", "network", b"network", "reorged", b"reorged", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__reorged: _TypeAlias = _typing.Literal["reorged"]  # noqa: Y015
+    _WhichOneofArgType__reorged: _TypeAlias = _typing.Literal["_reorged", b"_reorged"]  # noqa: Y015
     _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
     _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reorged) -> _WhichOneofReturnType__reorged | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
 
 Global___WatchWalletBalanceResponse: _TypeAlias = WatchWalletBalanceResponse  # noqa: Y015
@@ -431,6 +479,7 @@ class WatchCustomerBalancesResponse(_message.Message):
     WALLETS_FIELD_NUMBER: _builtins.int
     COALESCED_UPDATES_FIELD_NUMBER: _builtins.int
     INITIAL_FIELD_NUMBER: _builtins.int
+    TOTAL_STALE_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer's ID, as asked for."""
     coalesced_updates: _builtins.int
@@ -439,10 +488,20 @@ class WatchCustomerBalancesResponse(_message.Message):
     """
     initial: _builtins.bool
     """True on the first message only: the current balances when the watch began."""
+    total_stale: _builtins.bool
+    """True when a price could not be read for this message (a feed stale at
+    that block, or every provider failing): total_balance is then the last
+    total this stream computed, and the next message that can be priced
+    corrects it. The wallets' balances are fresh either way. Unset (false)
+    otherwise, and then absent from JSON.
+    """
     @_builtins.property
     def total_balance(self) -> Global___Money:
-        """The total value of every wallet, set on the first message only (changes
-        are read without prices; GetCustomerBalances gives a fresh total).
+        """The total value of every wallet of the customer after this message, in
+        every message: each network's holdings (each wallet's latest balances)
+        valued at the prices of the newest block they were read at, summed
+        exactly and rounded half to even to the minor unit, as
+        GetCustomerBalances does. Wallets listed as removed are not counted.
         """
 
     @_builtins.property
@@ -459,12 +518,15 @@ class WatchCustomerBalancesResponse(_message.Message):
         wallets: _abc.Iterable[Global___WatchedWallet] | None = ...,
         coalesced_updates: _builtins.int = ...,
         initial: _builtins.bool = ...,
+        total_stale: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["total_balance", b"total_balance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_stale", b"_total_stale", "total_balance", b"total_balance", "total_stale", b"total_stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesced_updates", b"coalesced_updates", "customer_id", b"customer_id", "initial", b"initial", "total_balance", b"total_balance", "wallets", b"wallets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_stale", b"_total_stale", "coalesced_updates", b"coalesced_updates", "customer_id", b"customer_id", "initial", b"initial", "total_balance", b"total_balance", "total_stale", b"total_stale", "wallets", b"wallets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__total_stale: _TypeAlias = _typing.Literal["total_stale"]  # noqa: Y015
+    _WhichOneofArgType__total_stale: _TypeAlias = _typing.Literal["_total_stale", b"_total_stale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_stale) -> _WhichOneofReturnType__total_stale | None: ...
 
 Global___WatchCustomerBalancesResponse: _TypeAlias = WatchCustomerBalancesResponse  # noqa: Y015
 
@@ -483,6 +545,8 @@ class WatchedWallet(_message.Message):
     BLOCK_HASH_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    REORGED_FIELD_NUMBER: _builtins.int
     wallet_id: _builtins.str
     """The wallet's ID."""
     network: _builtins.str
@@ -497,8 +561,20 @@ class WatchedWallet(_message.Message):
     """True when every provider of the network failed and these balances are the
     last good read (stale-if-error), at most the network's max_stale_seconds
     old; block_number and last_updated tell its age. Only ever on the first
-    message (later ones are fresh reads); unset (false) otherwise, and then
-    absent from JSON.
+    message, or the first listing a wallet that joined (later ones are fresh
+    reads); unset (false) otherwise, and then absent from JSON.
+    """
+    removed: _builtins.bool
+    """True when the wallet was deleted: this is the last message that lists it,
+    with the balances last sent for it (no changes); it no longer counts in
+    total_balance. Unset (false) otherwise, and then absent from JSON.
+    """
+    reorged: _builtins.bool
+    """True when this wallet's balances correct ones announced at a block that a
+    reorg replaced: they are the canonical ones at block_number (which may be
+    at or below the replaced block's), and changes are, as always, relative to
+    this wallet's previous message. Unset (false) otherwise, and then absent
+    from JSON.
     """
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenBalance]:
@@ -526,13 +602,24 @@ class WatchedWallet(_message.Message):
         block_hash: _builtins.str = ...,
         changes: _abc.Iterable[Global___BalanceChange] | None = ...,
         stale: _builtins.bool | None = ...,
+        removed: _builtins.bool | None = ...,
+        reorged: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "last_updated", b"last_updated", "stale", b"stale"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_removed", b"_removed", "_reorged", b"_reorged", "_stale", b"_stale", "last_updated", b"last_updated", "removed", b"removed", "reorged", b"reorged", "stale", b"stale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stale", b"_stale", "address", b"address", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "last_updated", b"last_updated", "network", b"network", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_removed", b"_removed", "_reorged", b"_reorged", "_stale", b"_stale", "address", b"address", "balances", b"balances", "block_hash", b"block_hash", "block_number", b"block_number", "changes", b"changes", "last_updated", b"last_updated", "network", b"network", "removed", b"removed", "reorged", b"reorged", "stale", b"stale", "wallet_id", b"wallet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__removed: _TypeAlias = _typing.Literal["removed"]  # noqa: Y015
+    _WhichOneofArgType__removed: _TypeAlias = _typing.Literal["_removed", b"_removed"]  # noqa: Y015
+    _WhichOneofReturnType__reorged: _TypeAlias = _typing.Literal["reorged"]  # noqa: Y015
+    _WhichOneofArgType__reorged: _TypeAlias = _typing.Literal["_reorged", b"_reorged"]  # noqa: Y015
     _WhichOneofReturnType__stale: _TypeAlias = _typing.Literal["stale"]  # noqa: Y015
     _WhichOneofArgType__stale: _TypeAlias = _typing.Literal["_stale", b"_stale"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__removed) -> _WhichOneofReturnType__removed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reorged) -> _WhichOneofReturnType__reorged | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stale) -> _WhichOneofReturnType__stale | None: ...
 
 Global___WatchedWallet: _TypeAlias = WatchedWallet  # noqa: Y015

@@ -94,9 +94,11 @@ class BalancesServiceServicer:
     def WatchCustomerBalances(self, request, context):
         """WatchCustomerBalances streams a customer's balances: first every wallet
         with the total value, then one message per change carrying the wallets
-        that changed. Wallets registered after the stream started are not
-        included; a wallet deleted meanwhile is dropped, and the stream ends with
-        NOT_FOUND when none is left.
+        that changed, and the total in every message. A wallet registered after
+        the stream started joins it: a message lists it with its current balances
+        (no changes, empty block_hash), then its changes follow. A wallet deleted
+        meanwhile is listed once more with removed set, then never again; the
+        stream ends with NOT_FOUND after the removal of the last one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

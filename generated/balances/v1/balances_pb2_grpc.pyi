@@ -54,9 +54,11 @@ class BalancesServiceStub:
     WatchCustomerBalances: _grpc.UnaryStreamMultiCallable[_balances_pb2.WatchCustomerBalancesRequest, _balances_pb2.WatchCustomerBalancesResponse]
     """WatchCustomerBalances streams a customer's balances: first every wallet
     with the total value, then one message per change carrying the wallets
-    that changed. Wallets registered after the stream started are not
-    included; a wallet deleted meanwhile is dropped, and the stream ends with
-    NOT_FOUND when none is left.
+    that changed, and the total in every message. A wallet registered after
+    the stream started joins it: a message lists it with its current balances
+    (no changes, empty block_hash), then its changes follow. A wallet deleted
+    meanwhile is listed once more with removed set, then never again; the
+    stream ends with NOT_FOUND after the removal of the last one.
     """
 
 @_typing.type_check_only
@@ -85,9 +87,11 @@ class BalancesServiceAsyncStub(BalancesServiceStub):
     WatchCustomerBalances: _aio.UnaryStreamMultiCallable[_balances_pb2.WatchCustomerBalancesRequest, _balances_pb2.WatchCustomerBalancesResponse]  # type: ignore[assignment]
     """WatchCustomerBalances streams a customer's balances: first every wallet
     with the total value, then one message per change carrying the wallets
-    that changed. Wallets registered after the stream started are not
-    included; a wallet deleted meanwhile is dropped, and the stream ends with
-    NOT_FOUND when none is left.
+    that changed, and the total in every message. A wallet registered after
+    the stream started joins it: a message lists it with its current balances
+    (no changes, empty block_hash), then its changes follow. A wallet deleted
+    meanwhile is listed once more with removed set, then never again; the
+    stream ends with NOT_FOUND after the removal of the last one.
     """
 
 class BalancesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,9 +141,11 @@ class BalancesServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_balances_pb2.WatchCustomerBalancesResponse], _abc.AsyncIterator[_balances_pb2.WatchCustomerBalancesResponse]]:
         """WatchCustomerBalances streams a customer's balances: first every wallet
         with the total value, then one message per change carrying the wallets
-        that changed. Wallets registered after the stream started are not
-        included; a wallet deleted meanwhile is dropped, and the stream ends with
-        NOT_FOUND when none is left.
+        that changed, and the total in every message. A wallet registered after
+        the stream started joins it: a message lists it with its current balances
+        (no changes, empty block_hash), then its changes follow. A wallet deleted
+        meanwhile is listed once more with removed set, then never again; the
+        stream ends with NOT_FOUND after the removal of the last one.
         """
 
 def add_BalancesServiceServicer_to_server(servicer: BalancesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

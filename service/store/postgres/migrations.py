@@ -135,6 +135,9 @@ MIGRATIONS: Sequence[Migration] = (
         "CREATE TRIGGER api_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE"
         " ON api_keys FOR EACH STATEMENT EXECUTE FUNCTION store_changed()",
     ),
+    # 2: what a follower announced lately (the same JSON as SQLite's step 7), so a reorg
+    # that replaced an announced block is recognised after a restart or by a new leader.
+    ("ALTER TABLE follower_state ADD COLUMN announced jsonb NOT NULL DEFAULT '{}'::jsonb",),
 )
 
 

@@ -7,6 +7,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from service.domain import BlockRef, FollowerState
+from service.store.announced import decode_announced, encode_announced
 from service.store.sqlite.database import SqliteDatabase
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ class SqliteFollowerStateStore:
 
 def _select_follower_state(connection: sqlite3.Connection, network: str) -> FollowerState | None:
     row = connection.execute(
-        "SELECT block_number, block_hash, block_timestamp, balances FROM follower_state"
-        " WHERE network = ?",
+        "SELECT block_number, block_hash, block_timestamp, balances, announced"
+        " FROM follower_state WHERE network = ?",
         (network,),
     ).fetchone()
     if row is None:
@@ -43,7 +44,8 @@ def _select_follower_state(connection: sqlite3.Connection, network: str) -> Foll
         address: {symbol: int(raw) for symbol, raw in amounts.items()}
         for address, amounts in json.loads(row[3]).items()
     }
-    return FollowerState(BlockRef(network, row[0], row[1], row[2]), balances)
+    announced, reorgs = decode_announced(row[4])
+    return FollowerState(BlockRef(network, row[0], row[1], row[2]), balances, announced, reorgs)
 
 
 def _upsert_follower_state(connection: sqlite3.Connection, state: FollowerState) -> None:
@@ -53,11 +55,20 @@ def _upsert_follower_state(connection: sqlite3.Connection, state: FollowerState)
     }
     block = state.block
     connection.execute(
-        "INSERT INTO follower_state (network, block_number, block_hash, block_timestamp, balances)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (network) DO UPDATE SET"
+        "INSERT INTO follower_state"
+        " (network, block_number, block_hash, block_timestamp, balances, announced)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (network) DO UPDATE SET"
         " block_number = excluded.block_number, block_hash = excluded.block_hash,"
-        " block_timestamp = excluded.block_timestamp, balances = excluded.balances",
-        (block.network, block.number, block.hash, block.timestamp, json.dumps(balances)),
+        " block_timestamp = excluded.block_timestamp, balances = excluded.balances,"
+        " announced = excluded.announced",
+        (
+            block.network,
+            block.number,
+            block.hash,
+            block.timestamp,
+            json.dumps(balances),
+            encode_announced(state.announced, state.reorgs),
+        ),
     )
 
 

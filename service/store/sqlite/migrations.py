@@ -129,6 +129,10 @@ MIGRATIONS: Sequence[Migration] = (
         "CREATE INDEX webhook_outbox_by_claimer ON webhook_outbox (claimed_by)"
         " WHERE claimed_by IS NOT NULL",
     ),
+    # 7: what a follower announced lately, so a reorg that replaced an announced block is
+    # recognised after a restart or by a new leader: JSON {"reorgs": n, "blocks": [[number,
+    # hash, [[address, currency], ...]], ...]} ('{}': nothing announced yet).
+    ("ALTER TABLE follower_state ADD COLUMN announced TEXT NOT NULL DEFAULT '{}'",),
 )
 
 
