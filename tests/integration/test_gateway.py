@@ -297,6 +297,18 @@ async def test_test_only_rpc_is_routed_with_path_query_and_metadata(echo_gateway
     assert "Grpc-Metadata-X-Echo-Trailer" not in headers  # no "TE: trailers": no trailers
 
 
+async def test_unset_message_fields_are_omitted_a_documented_deviation(
+    echo_gateway: Gateway,
+) -> None:
+    """grpc-gateway (protojson EmitUnpopulated) prints an unset message field as null; the
+    shim omits it, while unset scalars are printed with their zero values as both do."""
+    status, body, _ = await echo_gateway.request("GET", "/v1/echo/items/1")
+    assert status == 200
+    request = body["request"]
+    assert "inner" not in request and "at" not in request  # grpc-gateway: null
+    assert request["flag"] is False and request["name"] == "items/1"
+
+
 async def test_query_names_may_be_proto_or_json(echo_gateway: Gateway) -> None:
     status, body, _ = await echo_gateway.request("GET", "/v1/echo/items/1?big_number=5")
     assert status == 200 and body["request"]["bigNumber"] == "5"
