@@ -127,7 +127,7 @@ async def profiled(
     out = out_dir / f"profile-{len(results)}.txt"
     process = await asyncio.create_subprocess_exec(
         py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
-        "--rate", "100", "--gil", "--function", "--duration", "600",
+        "--rate", "250", "--gil", "--function", "--duration", "600",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     await asyncio.sleep(0.5)  # attached

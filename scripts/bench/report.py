@@ -428,7 +428,7 @@ def write_markdown(
             "## What bounds the missed targets",
             "",
             "py-spy attached to the timed server while the path ran again"
-            " (`py-spy record --gil --function --rate 100`): shares are of the samples"
+            " (`py-spy record --gil --function --rate 250`): shares are of the samples"
             " taken while a thread held the GIL, i.e. of the interpreter's busy time. C code"
             " run under the GIL (grpc's Cython core, protobuf's upb) is charged to the Python"
             " frame that called it, often the event loop's `Handle._run`; 'inclusive' leaves"

@@ -64,8 +64,8 @@ class Sizes:
     directory_customer_wallets: int = 10
     directory_samples: int = 50  # distinct 10-wallet customers looked up
     load_seconds: float = 3.0  # each load-generator run
-    profile_cold_calls: int = 20  # cold calls sampled by the profiler, when a target is missed
-    profile_big_calls: int = 1
+    profile_cold_calls: int = 100  # cold calls sampled by the profiler, when a target is missed
+    profile_big_calls: int = 10  # enough samples to say where a 5,000-wallet answer goes
 
 
 @dataclass

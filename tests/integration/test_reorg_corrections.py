@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +27,14 @@ from service.devchain.deploy import mine, transfer
 from service.devchain.rpc import rpc_call
 from service.devchain.world import DemoWorld
 from service.domain import AnnouncedBlock, BlockRef, FollowerState
-from service.money import format_amount
-from tests.support.monitoring import (
-    RECEIVER,
-    SENDER,
-    monitored_world,
-    verified,
-    webhook_settings,
+from tests.support.monitoring import RECEIVER, SENDER, monitored_world, webhook_settings
+from tests.support.reorgs import (
+    Applied,
+    apply_events,
+    chain_says,
+    converged,
+    stream_applies,
+    stream_until,
 )
 from tests.support.serving import kill_9, start_serving
 from tests.support.stack import Stack, keyed_channel, running_stack, write_stack_config
@@ -45,67 +44,9 @@ from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-ADDRESSES = {SENDER.wallet_id: SENDER.address, RECEIVER.wallet_id: RECEIVER.address}
-DECIMALS = {"USDC": 6, "POL": 18}
-BALANCE_OF = "0x70a08231"
-
 
 def calldata_transfer(to: str, amount: int) -> str:
     return "0xa9059cbb" + to[2:].lower().rjust(64, "0") + f"{amount:064x}"
-
-
-async def chain_says(url: str, usdc: str, wallet_id: str, currency: str) -> str:
-    """The wallet's balance at the head, by raw JSON-RPC, formatted as events are."""
-    address = ADDRESSES[wallet_id]
-    if currency == "POL":
-        raw = int(await rpc_call(url, "eth_getBalance", [address, "latest"]), 16)
-    else:
-        data = BALANCE_OF + address[2:].lower().rjust(64, "0")
-        raw = int(await rpc_call(url, "eth_call", [{"to": usdc, "data": data}, "latest"]), 16)
-    return format_amount(raw, DECIMALS[currency])
-
-
-@dataclass
-class Applied:
-    """What a receiver applying each event in arrival order holds (a retry is skipped)."""
-
-    balances: dict[tuple[str, str], str]
-    corrections: list[dict[str, Any]]
-    payloads: dict[str, set[bytes]]  # every body seen under each event ID
-
-
-def apply_events(secret: str, receiver: WebhookReceiver) -> Applied:
-    balances: dict[tuple[str, str], str] = {}
-    corrections = []
-    payloads: dict[str, set[bytes]] = defaultdict(set)
-    for hit in list(receiver.received):
-        seen = hit.event_id in payloads
-        payloads[hit.event_id].add(hit.body)
-        if seen:
-            continue
-        data = verified(secret, hit)["data"]
-        key = (data["wallet_id"], data["currency"])
-        if data.get("reorged"):
-            corrections.append(data)
-        balances[key] = data["balance"]
-    return Applied(balances, corrections, payloads)
-
-
-async def canonical(url: str, usdc: str, keys: Any) -> dict[tuple[str, str], str]:
-    return {key: await chain_says(url, usdc, *key) for key in keys}
-
-
-async def converged(url: str, usdc: str, secret: str, receiver: WebhookReceiver) -> Applied:
-    """Wait until the receiver's applied balances are the chain's; what it applied."""
-    applied = apply_events(secret, receiver)
-    truth = await canonical(url, usdc, applied.balances)
-    await receiver.wait_until(lambda: apply_events(secret, receiver).balances == truth)
-    await asyncio.sleep(0.5)  # and nothing contradicting it follows
-    applied = apply_events(secret, receiver)
-    assert applied.balances == truth
-    for event_id, bodies in applied.payloads.items():
-        assert len(bodies) == 1, f"event {event_id} carried {len(bodies)} payloads"
-    return applied
 
 
 @asynccontextmanager
@@ -138,27 +79,6 @@ async def settle(stack: Stack, url: str) -> None:
         await mine(url)
         head = int(await rpc_call(url, "eth_blockNumber"), 16)
         await processed(stack.service.followers["polygon"], head)
-
-
-async def stream_until(watch: Watch, amount: str, seen: list[Any]) -> None:
-    """Read ``watch`` (appending to ``seen``) until its latest USDC amount is ``amount``."""
-    async with asyncio.timeout(10):
-        while True:
-            message = await watch.next()
-            seen.append(message)
-            if {b.currency: b.amount for b in message.balances}["USDC"] == amount:
-                return
-
-
-def stream_applies(seen: list[Any], start: str) -> str:
-    """A subscriber applying each message's changes in order."""
-    held = start
-    for message in seen:
-        for change in message.changes:
-            if change.currency == "USDC":
-                assert change.previous_amount == held  # relative to the previous message
-                held = change.amount
-    return held
 
 
 async def run_reorg(

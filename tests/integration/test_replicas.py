@@ -25,7 +25,6 @@ import itertools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +48,7 @@ from service.settings import WatchSettings, WebhookSettings
 from service.settings.model import LimitsSettings
 from tests.support.cli import run_balances
 from tests.support.monitoring import collapsed, holder
+from tests.support.replicas import leads, one_leader, wait_for
 from tests.support.rpc_proxy import CountingProxy
 from tests.support.serving import Served, kill_9, start_serving
 from tests.support.stack import keyed_channel, write_stack_config
@@ -64,7 +64,6 @@ RECEIVER_DELAY = 0.3  # the receiver takes this long to answer each send: a back
 BURST = 300
 A = DemoWallet("wal_a", "cus_acme", "polygon", holder(0xA), {"USDC": 5_000_000})
 B = DemoWallet("wal_b", "cus_acme", "polygon", holder(0xB), {"USDC": 7_000_000})
-LEADS = "balances:follower:polygon: this process leads"
 
 
 def amount(n: int) -> int:
@@ -77,13 +76,6 @@ def shown(raw: int) -> str:
     text = format(Decimal(raw).scaleb(-6), "f")
     whole, _, fraction = text.partition(".")
     return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def refused_everywhere(
@@ -162,11 +154,7 @@ async def test_three_replicas_share_reads_survive_a_leader_kill_and_stream_every
             for r in replicas
         ]
         stubs = [balances_pb2_grpc.BalancesServiceStub(c) for c in channels]
-        await wait_for(
-            lambda: sum(any(LEADS in line for line in r.lines) for r in replicas) == 1,
-            "one replica to lead the polygon follower",
-        )
-        leader = next(i for i, r in enumerate(replicas) if any(LEADS in x for x in r.lines))
+        leader = await one_leader(replicas)
         others = [i for i in range(3) if i != leader]
 
         # --- 300 concurrent cold calls over the replicas: one upstream read ------------------
@@ -238,7 +226,7 @@ async def test_three_replicas_share_reads_survive_a_leader_kill_and_stream_every
             if n == KILL_AT:
                 killed_at = time.monotonic()
                 await kill_9(replicas[leader])
-        took_over = [i for i in others if any(LEADS in x for x in replicas[i].lines)]
+        took_over = [i for i in others if leads(replicas[i])]
         assert took_over, "no replica took the follower over"
 
         rows = await outbox_rows(database)
