@@ -142,19 +142,11 @@ class MemoryCallQuotas:
         self, tenant: str, key_id: str, kind: CallKind, time_left: float | None
     ) -> _KeyState:
         """Count one call in (``admit``'s entering), after any wait for room."""
-        patience = MAX_WAIT_SECONDS
-        if time_left is not None:
-            patience = max(0.0, min(patience, time_left / 2))
+        patience = _patience(time_left)
         try:
             state, wait = self._take(tenant, key_id, kind, patience)
-        except RateLimited:
-            if self._held >= self._max_held or patience <= 0:
-                raise
-            self._held += 1
-            try:
-                await self._sleep(patience * (0.5 + self._share() / 2))
-            finally:
-                self._held -= 1
+        except RateLimited as refused:
+            await self._hold(patience, refused)
             state, wait = self._take(tenant, key_id, kind, 0.0)  # room now, or refused
         if wait:
             try:
@@ -164,6 +156,17 @@ class MemoryCallQuotas:
                 _leave(state, kind)
                 raise
         return state
+
+    async def _hold(self, patience: float, refused: RateLimited) -> None:
+        """Hold a refused call back for a share of its ``patience`` before its one retry;
+        re-raise ``refused`` when it has none or too many calls are held already."""
+        if self._held >= self._max_held or patience <= 0:
+            raise refused
+        self._held += 1
+        try:
+            await self._sleep(patience * (0.5 + self._share() / 2))
+        finally:
+            self._held -= 1
 
     def in_use(self, key_id: str) -> tuple[int, int]:
         """(unary calls in flight, watch streams open) of a key, as counted now."""
@@ -241,6 +244,13 @@ class _Admitted:
         if self._state is not None:
             _leave(self._state, self._kind)
             self._state = None
+
+
+def _patience(time_left: float | None) -> float:
+    """How long a call may wait for room: half its time left, at most MAX_WAIT_SECONDS."""
+    if time_left is None:
+        return MAX_WAIT_SECONDS
+    return max(0.0, min(MAX_WAIT_SECONDS, time_left / 2))
 
 
 def _leave(state: _KeyState, kind: CallKind) -> None:

@@ -30,14 +30,15 @@ from contextlib import asynccontextmanager
 
 from service.errors import RateLimited
 from service.quotas import (
-    MAX_WAIT_SECONDS,
     CallKind,
     MemoryCallQuotas,
     Quota,
     QuotaPolicy,
     _check_room,
     _KeyState,
+    _leave,
     _milliseconds_up,
+    _patience,
     over_rate_message,
 )
 from service.redis_link import REDIS_ERRORS, RedisLink
@@ -112,19 +113,11 @@ class RedisCallQuotas(MemoryCallQuotas):
             async with super().admit(tenant, key_id, kind, time_left=time_left):
                 yield
             return
-        patience = MAX_WAIT_SECONDS
-        if time_left is not None:
-            patience = max(0.0, min(patience, time_left / 2))
+        patience = _patience(time_left)
         try:
             state, wait, shared = await self._take_shared(tenant, key_id, kind, patience)
-        except RateLimited:
-            if self._held >= self._max_held or patience <= 0:
-                raise
-            self._held += 1
-            try:
-                await self._sleep(patience * (0.5 + self._share() / 2))
-            finally:
-                self._held -= 1
+        except RateLimited as refused:
+            await self._hold(patience, refused)
             state, wait, shared = await self._take_shared(tenant, key_id, kind, 0.0)
         try:
             if wait:
@@ -135,10 +128,7 @@ class RedisCallQuotas(MemoryCallQuotas):
                     raise
             yield
         finally:
-            if kind is CallKind.UNARY:
-                state.in_flight -= 1
-            else:
-                state.streams -= 1
+            _leave(state, kind)
 
     async def _take_shared(
         self, tenant: str, key_id: str, kind: CallKind, max_wait: float

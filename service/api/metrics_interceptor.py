@@ -123,16 +123,9 @@ def _measure(
         unary = handler.unary_unary
 
         async def unary_measured(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            if _from_rest_shim(context):
-                code = _OK
-                try:
-                    return await unary(request, context)  # type: ignore[arg-type]
-                except BaseException as error:
-                    code = _code_of(context, error)
-                    raise
-                finally:
-                    _count_tenant(code)
-            series.in_flight.inc()
+            grpc_client = not _from_rest_shim(context)  # a REST call counts as REST only
+            if grpc_client:
+                series.in_flight.inc()
             started = clock()
             code = _OK
             try:
@@ -141,9 +134,10 @@ def _measure(
                 code = _code_of(context, error)
                 raise
             finally:
-                series.seconds.observe(clock() - started)
-                series.in_flight.dec()
-                series.finished(code)
+                if grpc_client:
+                    series.seconds.observe(clock() - started)
+                    series.in_flight.dec()
+                    series.finished(code)
                 _count_tenant(code)
 
         return with_unary_behaviour(handler, unary_measured)

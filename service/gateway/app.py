@@ -82,16 +82,9 @@ def build_gateway_app(
     if metrics.enabled():  # [metrics]: requests by route template, method and status
         app.middlewares.append(metrics_middleware(routes))
     app.middlewares.append(access_log_middleware)  # one log line per request
-    app.on_response_prepare.append(_json_without_charset)
     # [\s\S]: a decoded path may hold a newline, which "." would not match.
     app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
     return app
-
-
-async def _json_without_charset(_request: web.Request, response: web.StreamResponse) -> None:
-    """``Content-Type: application/json``, as grpc-gateway sends it (aiohttp adds a charset)."""
-    if response.content_type == _JSON and response.charset is not None:
-        response.charset = None
 
 
 class _MalformedRequests(logging.Filter):
@@ -123,14 +116,17 @@ class _Handler:
         self._in_process = in_process
         self._table = table
         self._limits = limits
-        self._openapi = json.dumps(openapi_document(table.routes, title=title, version="v1"))
+        # Bytes, not text: aiohttp would add "; charset=utf-8" to the content type.
+        self._openapi = json.dumps(
+            openapi_document(table.routes, title=title, version="v1")
+        ).encode()
         # grpc path -> a unary-unary or unary-stream multicallable, as the RPC is
         self._callables: dict[str, Any] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.raw_path
         if path == "/openapi.json" and request.method in ("GET", "HEAD"):
-            return web.Response(text=self._openapi, content_type=_JSON)
+            return web.Response(body=self._openapi, content_type=_JSON)
         request_id = ""
         try:
             raw_path, raw_query = _request_target(request)

@@ -108,7 +108,7 @@ def error_response(
     body = {"code": code.value[0], "message": message, "details": list(details)}
     return web.Response(
         status=status,
-        text=json.dumps(body),
+        body=json.dumps(body).encode(),  # bytes: exactly "application/json", as grpc-gateway
         content_type="application/json",
         headers=all_headers,
     )

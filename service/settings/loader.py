@@ -197,37 +197,51 @@ def _parse_document(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str
 
 def _directory_password(table: _Table, environ: Mapping[str, str]) -> dict[str, Any]:
     """The PostgreSQL password from the environment or ``[directory] password_file``."""
-    from_env = environ.get(DIRECTORY_PASSWORD_ENV_VAR) or None
-    file = table.value("password_file", _PATH)
-    if file is _ABSENT:
-        return {} if from_env is None else {"directory_password": from_env}
-    key = table.key("password_file")
-    if "url" not in table.raw:
-        raise ConfigError(key, "is only used with directory.url (PostgreSQL)")
-    if from_env is not None:
-        raise ConfigError(key, f"and {DIRECTORY_PASSWORD_ENV_VAR} are both set: use one")
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(key, f"cannot read: {reason or exc}") from exc
-    password = text.rstrip("\r\n")
-    if not password:
-        raise ConfigError(key, "the file is empty")
-    return {"directory_password": password, "directory_password_file": file}
+    return _password(
+        table,
+        environ,
+        env_var=DIRECTORY_PASSWORD_ENV_VAR,
+        file_key="password_file",
+        url_key="url",
+        needs="directory.url (PostgreSQL)",
+        field="directory_password",
+    )
 
 
 def _redis_password(table: _Table, environ: Mapping[str, str]) -> dict[str, Any]:
     """The Redis password from the environment or ``[cache] redis_password_file``."""
-    from_env = environ.get(REDIS_PASSWORD_ENV_VAR) or None
-    file = table.value("redis_password_file", _PATH)
+    return _password(
+        table,
+        environ,
+        env_var=REDIS_PASSWORD_ENV_VAR,
+        file_key="redis_password_file",
+        url_key="redis_url",
+        needs="cache.redis_url",
+        field="cache_redis_password",
+    )
+
+
+def _password(
+    table: _Table,
+    environ: Mapping[str, str],
+    *,
+    env_var: str,
+    file_key: str,
+    url_key: str,
+    needs: str,
+    field: str,
+) -> dict[str, Any]:
+    """A server's password, from ``env_var`` or the file ``file_key`` names (one of them,
+    and the file only beside ``url_key``): the Settings fields ``field`` (and ``field_file``)."""
+    from_env = environ.get(env_var) or None
+    file = table.value(file_key, _PATH)
     if file is _ABSENT:
-        return {} if from_env is None else {"cache_redis_password": from_env}
-    key = table.key("redis_password_file")
-    if "redis_url" not in table.raw:
-        raise ConfigError(key, "is only used with cache.redis_url")
+        return {} if from_env is None else {field: from_env}
+    key = table.key(file_key)
+    if url_key not in table.raw:
+        raise ConfigError(key, f"is only used with {needs}")
     if from_env is not None:
-        raise ConfigError(key, f"and {REDIS_PASSWORD_ENV_VAR} are both set: use one")
+        raise ConfigError(key, f"and {env_var} are both set: use one")
     try:
         text = Path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -236,7 +250,7 @@ def _redis_password(table: _Table, environ: Mapping[str, str]) -> dict[str, Any]
     password = text.rstrip("\r\n")
     if not password:
         raise ConfigError(key, "the file is empty")
-    return {"cache_redis_password": password, "cache_redis_password_file": file}
+    return {field: password, f"{field}_file": file}
 
 
 def _rest(table: _Table) -> RestSettings:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from service.addresses import parse_address
 from service.chain.providers import ProviderPolicy
@@ -508,9 +508,9 @@ def _check_url(key: str, url: object, schemes: tuple[str, ...] = ("http", "https
         raise ConfigError(key, f"must be an {shown} URL with a host")
 
 
-def _check_directory_url(key: str, url: object) -> None:
-    """A PostgreSQL URL with a host and no password (that comes from the environment or a
-    file).  The URL is never echoed: it may carry a password despite the rule."""
+def _server_url(key: str, url: object, malformed: str) -> tuple[SplitResult, set[str], bool]:
+    """``url`` split: (parts, lower-cased query parameter names, whether it holds a password
+    in its userinfo).  ``malformed``: the error for a bad port.  The URL is never echoed."""
     if not isinstance(url, str):
         raise ConfigError(key, "must be a string")
     parts = urlsplit(url)
@@ -518,8 +518,15 @@ def _check_directory_url(key: str, url: object) -> None:
         has_password = parts.password is not None
         parts.port  # noqa: B018 - raises ValueError for a malformed port
     except ValueError:
-        raise ConfigError(key, "must be a postgresql:// URL with a host") from None
+        raise ConfigError(key, malformed) from None
     query = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return parts, query, has_password
+
+
+def _check_directory_url(key: str, url: object) -> None:
+    """A PostgreSQL URL with a host and no password (that comes from the environment or a
+    file).  The URL is never echoed: it may carry a password despite the rule."""
+    parts, query, has_password = _server_url(key, url, "must be a postgresql:// URL with a host")
     if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host" in query):
         raise ConfigError(key, "must be a postgresql:// URL with a host")
     if has_password or "password" in query:
@@ -533,15 +540,7 @@ def _check_directory_url(key: str, url: object) -> None:
 def _check_redis_url(key: str, url: object) -> None:
     """A Redis URL (``redis://``, ``rediss://`` with a host, or ``unix://`` with a path) and
     no password (that comes from the environment or a file).  The URL is never echoed."""
-    if not isinstance(url, str):
-        raise ConfigError(key, "must be a string")
-    parts = urlsplit(url)
-    try:
-        has_password = parts.password is not None
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        raise ConfigError(key, "must be a redis:// URL with a host") from None
-    query = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    parts, query, has_password = _server_url(key, url, "must be a redis:// URL with a host")
     if not (
         (parts.scheme in ("redis", "rediss") and parts.hostname)
         or (parts.scheme == "unix" and parts.path)

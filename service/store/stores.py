@@ -7,15 +7,13 @@ embedded default.  Both give a ``Stores`` of the same shape and behaviour.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Protocol
 
-from service.ports import Clock, FollowerStateStore, WebhookStore, utc_now
+from service.ports import Clock, utc_now
 from service.redact import redact_url
 from service.settings import Settings
-from service.store.cached import DEFAULT_MAX_LAG_SECONDS, CachedApiKeyStore, CachedWalletDirectory
+from service.store.bundle import Backend, StoreDatabase, Stores
+from service.store.cached import DEFAULT_MAX_LAG_SECONDS
 
 __all__ = [
     "Backend",
@@ -25,46 +23,6 @@ __all__ = [
     "open_stores",
     "open_stores_at",
 ]
-
-Backend = Literal["sqlite", "postgresql"]
-
-
-class StoreDatabase(Protocol):
-    """The database under the stores (``SqliteDatabase`` or ``PostgresDatabase``)."""
-
-    async def schema_version(self) -> int:
-        """The schema version (migrated at open); versions count per backend."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class Stores:
-    """Every store on one database; ``aclose`` (or ``async with``) closes it."""
-
-    backend: Backend
-    where: str  # the database, safe to print: the SQLite path or the URL redacted
-    database: StoreDatabase
-    wallets: CachedWalletDirectory
-    api_keys: CachedApiKeyStore
-    webhooks: WebhookStore
-    follower_state: FollowerStateStore
-
-    async def aclose(self) -> None:
-        """Close the database (idempotent); no store may be used afterwards."""
-        await self.database.close()
-
-    async def __aenter__(self) -> Stores:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def directory_name(settings: Settings) -> str:
@@ -106,16 +64,7 @@ async def open_stores_at(
         # Imported here: an embedded (SQLite) server never loads the PostgreSQL driver.
         from service.store.postgres import open_postgres_stores
 
-        postgres = await open_postgres_stores(url, password=password, clock=clock, max_lag=max_lag)
-        return Stores(
-            backend="postgresql",
-            where=postgres.database.where,
-            database=postgres.database,
-            wallets=postgres.wallets,
-            api_keys=postgres.api_keys,
-            webhooks=postgres.webhooks,
-            follower_state=postgres.follower_state,
-        )
+        return await open_postgres_stores(url, password=password, clock=clock, max_lag=max_lag)
     from service.store.sqlite import open_sqlite_stores
 
     sqlite = await open_sqlite_stores(path, clock=clock, max_lag=max_lag)

@@ -16,10 +16,8 @@ anyone, on any replica, changed either table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import TracebackType
-
 from service.ports import Clock, utc_now
+from service.store.bundle import Stores
 from service.store.cached import (
     DEFAULT_MAX_LAG_SECONDS,
     CachedApiKeyStore,
@@ -36,37 +34,10 @@ __all__ = [
     "PostgresApiKeyStore",
     "PostgresDatabase",
     "PostgresFollowerStateStore",
-    "PostgresStores",
     "PostgresWalletStore",
     "PostgresWebhookStore",
     "open_postgres_stores",
 ]
-
-
-@dataclass(frozen=True)
-class PostgresStores:
-    """Every store on one ``PostgresDatabase``; ``aclose`` (or ``async with``) closes it."""
-
-    database: PostgresDatabase
-    wallets: CachedWalletDirectory  # over a PostgresWalletStore
-    api_keys: CachedApiKeyStore  # over a PostgresApiKeyStore
-    webhooks: PostgresWebhookStore
-    follower_state: PostgresFollowerStateStore
-
-    async def aclose(self) -> None:
-        """Close the pool (idempotent); no store may be used afterwards."""
-        await self.database.close()
-
-    async def __aenter__(self) -> PostgresStores:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def open_postgres_stores(
@@ -75,7 +46,7 @@ async def open_postgres_stores(
     password: str | None = None,
     clock: Clock = utc_now,
     max_lag: float = DEFAULT_MAX_LAG_SECONDS,
-) -> PostgresStores:
+) -> Stores:
     """Connect to ``url`` (no password in it: ``password``) and migrate the database.
 
     Close with ``await stores.aclose()``.  Raises ``StartupError`` naming "the directory
@@ -85,7 +56,9 @@ async def open_postgres_stores(
     """
     database = await PostgresDatabase.open(url, password=password)
     changes = StoreChanges(database.data_version, max_lag=max_lag)
-    return PostgresStores(
+    return Stores(
+        backend="postgresql",
+        where=database.where,
         database=database,
         wallets=CachedWalletDirectory(PostgresWalletStore(database, clock=clock), changes),
         api_keys=CachedApiKeyStore(PostgresApiKeyStore(database, clock=clock), changes),
