@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from grpc_health.v1 import health_pb2
 
@@ -82,7 +83,7 @@ async def serve(
             in_process=in_process,
         )
         await server.start()
-        exits.push_async_callback(server.stop, None)  # a later failed start stops it at once
+        exits.push_async_callback(_stop_at_once, server)  # a later failed start stops it
         gateway = None
         if settings.rest is not None:
             assert private_socket is not None
@@ -125,6 +126,14 @@ async def serve(
             # REST first: its in-flight requests still need the gRPC server.
             await gateway.aclose()
         await server.stop(settings.grace_period_seconds)
+
+
+async def _stop_at_once(server: Any) -> None:
+    """Stop a server that start-up is abandoning.  One turn of the loop first: grpc's
+    server main loop, started by ``start()``, raises InvalidStateError (in a task nobody
+    awaits) when shutdown comes before it first ran (seen with SIGTERM mid start-up)."""
+    await asyncio.sleep(0)
+    await server.stop(None)
 
 
 async def _serve_metrics(exits: AsyncExitStack, service: Service, listen: str) -> None:
